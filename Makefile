@@ -1,0 +1,62 @@
+# Everyday commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Stages run `python -m imgclf...`: put the project's environment first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+HOST ?= 127.0.0.1
+PORT ?= 5000
+STORE := sqlite:///$(abspath mlruns)/mlflow.db
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data run repro test test-fast lint ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/dvc: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+setup: $(BIN)/dvc ## create .venv with the pinned dependencies
+	@test -d .git || git init -q
+	@test -d .dvc || $(BIN)/dvc init -q
+
+data: ## make Fashion-MNIST available offline (Debian's dataset-fashion-mnist)
+	@if ls $(FMNIST)/*-ubyte.gz >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST found in $(FMNIST)"; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
+	  || echo "could not install dataset-fashion-mnist; the download stage will try download.mirrors and the URLs"; \
+	else \
+	  echo "no apt-get: the download stage will try download.mirrors and the upstream URLs"; \
+	fi
+
+run: setup data ## set up everything, then run the whole pipeline (dvc repro)
+	$(BIN)/dvc repro
+
+repro: ## rerun what changed (dvc repro)
+	$(BIN)/dvc repro
+
+test: setup ## run the test suite
+	$(BIN)/python -m pytest; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
+
+test-fast: setup ## the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup ## ruff
+	$(BIN)/ruff check src tests
+
+ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+
+clean: ## delete pipeline outputs (not the MLflow store)
+	rm -rf data/raw data/processed models/model.pt reports

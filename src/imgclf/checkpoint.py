@@ -1,0 +1,51 @@
+"""Saving and loading trained models as weights plus the recipe to rebuild the network.
+
+Files hold only tensors and plain values, so they load with ``torch.load(weights_only=True)``
+and a file carrying code is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from imgclf.errors import UserError
+from imgclf.files import load_tensors, save_tensors
+from imgclf.models import build_model
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything :func:`imgclf.models.build_model` needs besides the weights."""
+
+    model: str
+    width: int
+    in_shape: list[int]
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+
+    def build(self) -> nn.Module:
+        return build_model(self.model, self.in_shape, len(self.classes), self.width,
+                           self.mean, self.std)
+
+
+def save_model(path: Path, model: nn.Module, arch: Architecture, info: dict[str, str]) -> None:
+    """Atomically write ``model``'s weights, its architecture and provenance ``info``."""
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    save_tensors(path, {"state_dict": state, "arch": asdict(arch), "info": dict(info)})
+
+
+def load_model(path: Path) -> tuple[nn.Module, Architecture, dict[str, str]]:
+    """Rebuild the network saved by :func:`save_model`, in eval mode, on the CPU."""
+    data = load_tensors(path)
+    try:
+        arch = Architecture(**data["arch"])
+        model = arch.build()
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a model saved by the train stage ({exc}); "
+                        "rerun training (dvc repro train)") from None
+    return model.eval(), arch, dict(data.get("info", {}))

@@ -1,0 +1,207 @@
+"""The training engine: one loop shared by the train stage and every tuning trial.
+
+It knows nothing about MLflow, Optuna or files; callers observe progress through the
+``on_epoch`` callback, which may raise to stop training (Optuna's pruning does).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from imgclf.data import Split, batches
+from imgclf.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch measured."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+    def metrics(self) -> dict[str, float]:
+        """The MLflow metric names; ``val/accuracy`` is also the tuning objective."""
+        return {
+            "train/loss": self.train_loss, "train/accuracy": self.train_accuracy,
+            "val/loss": self.val_loss, "val/accuracy": self.val_accuracy,
+            "lr": self.lr, "epoch_seconds": self.seconds, "images_per_s": self.images_per_s,
+        }
+
+
+@dataclass
+class FitResult:
+    """The model holding its best-epoch weights, and every epoch's numbers."""
+
+    model: nn.Module
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+
+    @property
+    def best(self) -> EpochStats:
+        return self.history[self.best_epoch - 1]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from imgclf.errors import UserError
+
+        raise UserError("train.device is 'cuda' but no CUDA device is available; "
+                        "use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def set_determinism(seed: int, threads: int) -> None:
+    """Seed every RNG and pick deterministic kernels, so a CPU run repeats exactly."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def make_optimizer(model: nn.Module, recipe: TrainSettings) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainSettings, total_steps: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-batch learning-rate schedule."""
+    if recipe.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
+                                                   total_steps=total_steps)
+    if recipe.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
+    """Mean cross-entropy, accuracy and the predicted class of every image."""
+    model.eval()
+    total_loss, predictions = 0.0, []
+    for x, y in batches(split, batch_size):
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        predictions.append(logits.argmax(dim=1))
+    predicted = torch.cat(predictions).cpu()
+    n = max(len(split), 1)
+    accuracy = (predicted == split.labels.cpu()).sum().item() / n
+    return EvalResult(total_loss / n, accuracy, predicted)
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    recipe: TrainSettings,
+    *,
+    device: torch.device,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train ``model`` per ``recipe``; keep the weights of the epoch with the best val accuracy.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite (learning rate too high).
+    """
+    model.to(device)
+    train, val = train.to(device), val.to(device)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    result = FitResult(model)
+    best_state, best_accuracy = None, -1.0
+    show_bar = sys.stderr.isatty()
+
+    for epoch in range(1, recipe.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(batches(train, recipe.batch_size, generator=generator, augment=recipe.augment),
+                   total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch",
+                   disable=not show_bar, leave=False, file=sys.stderr)
+        for step, (x, y) in enumerate(bar):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}, "
+                                    f"batch {step + 1}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(dim=1) == y).sum()
+        train_seconds = time.perf_counter() - started
+
+        evaluated = evaluate(model, val, recipe.eval_batch_size)
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=loss_sum.item() / len(train),
+            train_accuracy=correct.item() / len(train),
+            val_loss=evaluated.loss,
+            val_accuracy=evaluated.accuracy,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+            images_per_s=len(train) / train_seconds,
+        )
+        result.history.append(stats)
+        if stats.val_accuracy > best_accuracy:
+            best_accuracy, result.best_epoch = stats.val_accuracy, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
+                 "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
+                 stats.train_accuracy, stats.val_loss, stats.val_accuracy, stats.seconds,
+                 stats.images_per_s)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return result

@@ -1,0 +1,9 @@
+"""Errors a user can fix, reported as one clear message instead of a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's inputs or environment; the message says how to fix it."""
+
+
+class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt
+    """Raised in the main thread when the process receives SIGTERM."""

@@ -1,0 +1,127 @@
+"""Stage 5: score the trained model on the held-out test split.
+
+    python -m imgclf.evaluate --params params.yaml --data data/processed \\
+        --model models/model.pt --metrics reports/metrics.json \\
+        --per-class reports/per_class.json --confusion reports/confusion.csv \\
+        --confusion-png reports/confusion.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
+
+from imgclf import tracking
+from imgclf.checkpoint import load_model
+from imgclf.cli import run_stage
+from imgclf.data import Split, load_split
+from imgclf.engine import evaluate as evaluate_batches
+from imgclf.files import atomic_open, write_json, write_text
+from imgclf.settings import load_settings
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """Test-set scores of one model."""
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+    precision: list[float]
+    recall: list[float]
+    predictions: torch.Tensor
+
+
+def evaluate(model: torch.nn.Module, test: Split, num_classes: int, batch_size: int
+             ) -> TestReport:
+    """Loss, accuracy, macro F1 and per-class precision/recall of ``model`` on ``test``."""
+    scored = evaluate_batches(model, test, batch_size)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        test.labels.numpy(), scored.predictions.numpy(), labels=list(range(num_classes)),
+        zero_division=0)
+    return TestReport(scored.loss, scored.accuracy, float(f1.mean()), precision.tolist(),
+                      recall.tolist(), scored.predictions)
+
+
+def confusion_csv(labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]) -> str:
+    """One ``actual,predicted`` row per image: the input of DVC's confusion-matrix template."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((classes[a], classes[p])
+                     for a, p in zip(labels.tolist(), predictions.tolist(), strict=True))
+    return out.getvalue()
+
+
+def confusion_figure(labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]
+                     ) -> Figure:
+    size = max(5.0, 0.6 * len(classes))
+    figure = Figure(figsize=(size, size))
+    ax = figure.subplots()
+    ConfusionMatrixDisplay.from_predictions(
+        labels.numpy(), predictions.numpy(), labels=list(range(len(classes))),
+        display_labels=classes, ax=ax, colorbar=False, xticks_rotation=45)
+    figure.tight_layout()
+    return figure
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow metric-name part (``T-shirt/top`` -> ``t-shirt_top``)."""
+    return re.sub(r"[^0-9a-z_.-]+", "_", name.lower())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
+    parser.add_argument("--model", type=Path, required=True, help="model from the train stage")
+    parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
+    parser.add_argument("--per-class", type=Path, required=True, help="output per-class JSON")
+    parser.add_argument("--confusion", type=Path, required=True, help="output DVC plot data")
+    parser.add_argument("--confusion-png", type=Path, required=True, help="output image")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.params)
+    model, arch, info = load_model(args.model)
+    test = load_split(args.data, "test")
+    classes = arch.classes
+
+    with tracking.stage_run("evaluate", settings) as run:
+        if train_run := info.get("mlflow_run_id"):
+            run.set_tags({"train_run_id": train_run})
+        report = evaluate(model, test, len(classes), settings.evaluate.batch_size)
+        per_class = {name: {"precision": p, "recall": r}
+                     for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
+        run.log_metrics({"test/accuracy": report.accuracy, "test/loss": report.loss,
+                         "test/macro_f1": report.macro_f1,
+                         **{f"test/precision/{metric_key(name)}": scores["precision"]
+                            for name, scores in per_class.items()},
+                         **{f"test/recall/{metric_key(name)}": scores["recall"]
+                            for name, scores in per_class.items()}})
+        figure = confusion_figure(test.labels, report.predictions, classes)
+        with atomic_open(args.confusion_png, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=100)
+        run.log_artifact(args.confusion_png)
+        run.log_dict(per_class, "per_class.json")
+        write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
+        write_json(args.per_class, per_class)
+        write_json(args.metrics, {
+            "test": {"accuracy": report.accuracy, "loss": report.loss,
+                     "macro_f1": report.macro_f1},
+            "mlflow_run_id": run.run_id,
+        })
+        print(f"test accuracy {report.accuracy:.4f}, loss {report.loss:.4f}, "
+              f"macro F1 {report.macro_f1:.4f} (MLflow run {run.run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

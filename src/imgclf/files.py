@@ -1,0 +1,86 @@
+"""Filesystem helpers: the project root and atomic writes.
+
+Every output goes through a temporary file in the same directory followed by ``os.replace``,
+so a killed stage never leaves a half-written file for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from imgclf.errors import UserError
+
+
+def project_root() -> Path:
+    """The project root: ``$DVC_ROOT`` under DVC, else the nearest folder holding ``dvc.yaml``.
+
+    DVC sets ``DVC_ROOT`` to the workspace even when an experiment runs in a temporary copy,
+    so every run lands in the workspace's one tracking store.
+    """
+    if root := os.environ.get("DVC_ROOT"):
+        return Path(root).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "dvc.yaml").is_file() or (folder / ".dvc").is_dir():
+            return folder
+    return cwd
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write ``text`` (UTF-8)."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_tensors(path: str | Path, data: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a dict of tensors and plain values (weights-only loadable)."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(data, handle)
+
+
+def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a file written by :func:`save_tensors` without unpickling arbitrary objects.
+
+    Anything else (a pickle carrying code, a truncated or foreign file) is refused.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: refused: not a weights-only tensor file ({reason}). "
+            "Delete it and rerun the stage that writes it (dvc repro)."
+        ) from None

@@ -1,0 +1,91 @@
+"""The networks. No I/O, no logging, no configuration parsing: plain ``nn.Module`` builders.
+
+Every network takes images scaled to [0, 1] and normalises them itself with the training
+split's per-channel mean and std (kept as buffers), so the same module serves training,
+evaluation and the HTTP model server without a separate preprocessing step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MODELS = ("mlp", "cnn", "cifar_cnn")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+def mlp(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
+    """Two hidden layers of 4w and 2w units (w=32 gives the classic 784-128-64-10 MLP)."""
+    in_features = int(torch.tensor(in_shape).prod())
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 4 * width), nn.ReLU(inplace=True),
+        nn.Linear(4 * width, 2 * width), nn.ReLU(inplace=True),
+        nn.Linear(2 * width, num_classes),
+    )
+
+
+def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
+    """A small convnet for 28x28 grey images: two conv-BN-ReLU-pool blocks, then two FC layers."""
+    channels, height, _ = in_shape
+    return nn.Sequential(
+        *_conv_bn(channels, width), nn.MaxPool2d(2),
+        *_conv_bn(width, 2 * width), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * (height // 4) ** 2, 4 * width), nn.ReLU(inplace=True),
+        nn.Dropout(0.3),
+        nn.Linear(4 * width, num_classes),
+    )
+
+
+def cifar_cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
+    """A VGG-style net for 32x32 colour images: three double-conv blocks, each halving the size.
+
+    Three 2x2 poolings take 32x32 to 4x4, so the classifier sees 4w * 4 * 4 features.
+    """
+    channels, height, _ = in_shape
+    return nn.Sequential(
+        *_conv_bn(channels, width), *_conv_bn(width, width), nn.MaxPool2d(2),
+        *_conv_bn(width, 2 * width), *_conv_bn(2 * width, 2 * width), nn.MaxPool2d(2),
+        *_conv_bn(2 * width, 4 * width), *_conv_bn(4 * width, 4 * width), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(4 * width * (height // 8) ** 2, 8 * width), nn.ReLU(inplace=True),
+        nn.Dropout(0.3),
+        nn.Linear(8 * width, num_classes),
+    )
+
+
+_BUILDERS = {"mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn}
+
+
+def build_model(
+    name: str,
+    in_shape: Sequence[int],
+    num_classes: int,
+    width: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> nn.Sequential:
+    """Build network ``name`` behind a :class:`Normalize` layer."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return nn.Sequential(Normalize(mean, std), _BUILDERS[name](in_shape, num_classes, width))

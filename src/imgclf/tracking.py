@@ -1,0 +1,262 @@
+"""The one module that talks to MLflow.
+
+Each stage opens :func:`stage_run`. The runs a single ``dvc repro`` / ``dvc exp run`` produces
+are nested under one *pipeline* run: DVC starts every stage as a child of the same ``dvc``
+process, so that process's identity names the pipeline run the stages share even though
+each stage is a separate Python process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import psutil
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from imgclf.errors import Terminated, UserError
+from imgclf.files import project_root
+from imgclf.settings import Settings
+
+STORE_DIR = "mlruns"
+STORE_DB = "mlflow.db"
+ERROR_TAG_LIMIT = 5000
+
+# Which params.yaml sections each stage logs as MLflow params ("train.lr", ...), the same
+# names ``dvc exp run -S`` and ``dvc params diff`` use.
+STAGE_SECTIONS = {
+    "download": ("data", "download"),
+    "preprocess": ("data",),
+    "train": ("data", "train"),
+    "evaluate": ("data", "evaluate"),
+}
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be reached or used."""
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, or the project's SQLite store ``mlruns/mlflow.db``."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    return f"sqlite:///{(root or project_root()) / STORE_DIR / STORE_DB}"
+
+
+def _prepare_default_store(root: Path) -> None:
+    """Create ``mlruns/`` and switch the SQLite store to WAL so concurrent stages don't lock."""
+    store = root / STORE_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(store / STORE_DB, timeout=30)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """Let one probe of a remote server fail in seconds instead of after minutes of retries."""
+    saved = {key: os.environ.get(key) for key in
+             ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def connect(experiment: str, root: Path | None = None) -> str:
+    """Point MLflow at the project store, make sure it answers, and return the experiment id.
+
+    Raises:
+        TrackingError: the store cannot be reached; raised before any work starts.
+    """
+    root = root or project_root()
+    uri = tracking_uri(root)
+    default_store = "MLFLOW_TRACKING_URI" not in os.environ
+    try:
+        if default_store:
+            _prepare_default_store(root)
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient()
+        with _fail_fast_http():
+            found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        location = (root / STORE_DIR / "artifacts").as_uri() if default_store else None
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # created meanwhile by a concurrent stage
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+    except (MlflowException, OSError, sqlite3.Error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(
+            f"cannot use the MLflow tracking store at {uri}: {reason}. "
+            "Start the server or fix MLFLOW_TRACKING_URI (unset it to use mlruns/mlflow.db)."
+        ) from None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def run_tags(stage: str, settings: Settings) -> dict[str, str]:
+    """Tags that say where a run came from: stage, code version, dataset, DVC experiment."""
+    tags = {"stage": stage, "dataset": settings.data.dataset}
+    if commit := _git("rev-parse", "HEAD"):
+        tags["git_commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["git_dirty"] = str(bool(status)).lower()
+    for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp_name"),
+                     ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if value := os.environ.get(env):
+            tags[tag] = value
+    return tags
+
+
+def flatten(settings: Settings, sections: tuple[str, ...]) -> dict[str, Any]:
+    """``{"train.lr": 0.003, ...}`` for the given sections."""
+    dumped = settings.model_dump(mode="json")
+    return {f"{section}.{key}": value
+            for section in sections for key, value in dumped[section].items()}
+
+
+def _dvc_process() -> psutil.Process | None:
+    """The ``dvc`` process (``repro``, ``exp run``, a queue worker) this stage runs under."""
+    try:
+        for proc in psutil.Process().parents():
+            argv = proc.cmdline()
+            if any(Path(arg).name == "dvc" for arg in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
+                return proc
+    except psutil.Error:
+        pass
+    return None
+
+
+def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) -> str | None:
+    """The id of the pipeline run shared by the stages of the current DVC invocation."""
+    proc = _dvc_process()
+    if proc is None:
+        return None
+    key = f"{proc.pid}-{int(proc.create_time() * 1000)}"
+    found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = run_tags("pipeline", settings) | {"pipeline_key": key}
+    name = f"pipeline {tags['dvc_exp_name']}" if "dvc_exp_name" in tags else "pipeline"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[
+        mlflow.entities.Param(key, str(value))
+        for key, value in flatten(settings, tuple(type(settings).model_fields)).items()
+    ])
+    return run.info.run_id
+
+
+@dataclass
+class StageRun:
+    """The active stage run; the only handle stage code has on MLflow."""
+
+    run_id: str
+    experiment_id: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params(dict(params), run_id=self.run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log several metrics in one call (one batch request per epoch)."""
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step,
+                           run_id=self.run_id)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+    def log_dict(self, data: Any, name: str) -> None:
+        mlflow.log_dict(data, name, run_id=self.run_id)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        mlflow.log_figure(figure, name)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), folder, run_id=self.run_id)
+
+    def log_model(self, model: Any, input_example: np.ndarray) -> str:
+        """Log a PyTorch model in MLflow's pickle-free ``pt2`` format; return its URI."""
+        import torch
+
+        model = model.eval().cpu()
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"mlflow=={mlflow.__version__}"],
+        )
+        return info.model_uri
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, settings: Settings, root: Path | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage, nested under the pipeline run when DVC runs it.
+
+    The run ends FINISHED on success, FAILED with an ``error`` tag on an exception, and
+    KILLED on Ctrl-C or SIGTERM.
+    """
+    experiment_id = connect(settings.tracking.experiment, root)
+    client = MlflowClient()
+    parent = _pipeline_run(client, experiment_id, settings)
+    tags = run_tags(stage, settings)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
+                           tags=tags)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        if sections := STAGE_SECTIONS.get(stage):
+            mlflow.log_params(flatten(settings, sections))
+        yield StageRun(run.info.run_id, experiment_id)
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except (KeyboardInterrupt, Terminated):
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    except BaseException as exc:
+        mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:ERROR_TAG_LIMIT])
+        raise
+    finally:
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        mlflow.end_run(status)
+        if parent:
+            client.set_terminated(parent, status)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"received signal {signum}")

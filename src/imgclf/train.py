@@ -1,0 +1,103 @@
+"""Stage 4: train the classifier and keep the epoch with the best validation accuracy.
+
+    python -m imgclf.train --params params.yaml --data data/processed \\
+        --model models/model.pt --metrics reports/train_metrics.json \\
+        --plots reports/train_history.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+from imgclf import tracking
+from imgclf.checkpoint import Architecture, save_model
+from imgclf.cli import run_stage
+from imgclf.data import Meta, Split, load_meta, load_split
+from imgclf.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
+from imgclf.files import write_json, write_text
+from imgclf.settings import TrainSettings, load_settings
+
+INPUT_EXAMPLE_SIZE = 4
+
+
+def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
+    return Architecture(recipe.model, recipe.width, meta.image_shape, meta.classes,
+                        meta.mean, meta.std)
+
+
+def train(
+    train_split: Split,
+    val_split: Split,
+    meta: Meta,
+    recipe: TrainSettings,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Build the network ``recipe`` names and train it; the core the tuner calls too."""
+    set_determinism(recipe.seed, recipe.threads)
+    device = resolve_device(recipe.device)
+    model = architecture(recipe, meta).build()
+    return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
+
+
+def history_csv(history: list[EpochStats]) -> str:
+    """The per-epoch plot data DVC renders (``dvc plots show``)."""
+    out = io.StringIO()
+    fields = ["epoch", *history[0].metrics()] if history else ["epoch"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for stats in history:
+        writer.writerow({"epoch": stats.epoch, **stats.metrics()})
+    return out.getvalue()
+
+
+def summary(result: FitResult, run_id: str) -> dict:
+    """The DVC metrics file: best-epoch validation numbers and the MLflow run behind them."""
+    best = result.best
+    return {
+        "val": {"best_accuracy": best.val_accuracy, "best_loss": best.val_loss},
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "train_seconds": round(sum(stats.seconds for stats in result.history), 2),
+        "mlflow_run_id": run_id,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
+    parser.add_argument("--model", type=Path, required=True, help="output model file")
+    parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
+    parser.add_argument("--plots", type=Path, required=True, help="output per-epoch CSV")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.params)
+    recipe = settings.train
+    meta = load_meta(args.data)
+    train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
+    resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
+
+    with tracking.stage_run("train", settings) as run:
+        run.log_params({"train_size": len(train_split), "val_size": len(val_split)})
+        result = train(train_split, val_split, meta, recipe,
+                       on_epoch=lambda stats: run.log_metrics(stats.metrics(), step=stats.epoch))
+        best = result.best
+        run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
+                         "val/best_loss": best.val_loss})
+        model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
+                                  .float().div(255).numpy())
+        save_model(args.model, result.model, architecture(recipe, meta),
+                   {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri})
+        write_text(args.plots, history_csv(result.history))
+        write_json(args.metrics, summary(result, run.run_id))
+        print(f"best epoch {result.best_epoch}: val accuracy {best.val_accuracy:.4f} "
+              f"(MLflow run {run.run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))
