@@ -5,5 +5,5 @@ class UserError(Exception):
     """A problem with the user's inputs or environment; the message says how to fix it."""
 
 
-class Terminated(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt
+class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM."""

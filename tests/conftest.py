@@ -1,0 +1,212 @@
+"""Shared fixtures: a tiny project (params, datasets in the real file formats, MLflow store)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ruamel.yaml import YAML
+
+from imgclf import datasets, tracking
+from imgclf.datasets import DataFile, DatasetSpec
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# Small, fast settings layered over the repository's own params.yaml.
+TINY = {
+    "data.val_fraction": 0.2,
+    "download.mirrors": [],
+    "download.online": False,
+    "train.width": 4,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "train.lr": 0.01,
+    "train.threads": 1,
+    "train.device": "cpu",
+    "tracking.experiment": "tests",
+}
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    section, name = key.split(".", 1)
+    raw.setdefault(section, {})[name] = value
+
+
+def repo_params(**overrides: Any) -> dict[str, Any]:
+    """The repository's params.yaml as a dict, with ``section.key`` overrides applied."""
+    raw = YAML(typ="safe", pure=True).load((REPO / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    return raw
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    with path.open("w") as handle:
+        yaml.dump(data, handle)
+    return path
+
+
+# --- tiny datasets in the real formats -------------------------------------------------------
+
+def learnable_images(n: int, classes: int, shape: tuple[int, int, int], seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy images whose class is a bright square at a class-specific place."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=generator)]
+    c, h, w = shape
+    images = torch.randint(0, 60, (n, c, h, w), generator=generator, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 4)
+        images[i, :, 2 + row * 8: 8 + row * 8, 2 + col * 6: 7 + col * 6] = 250
+    return images, labels
+
+
+def idx_bytes(tensor: torch.Tensor) -> bytes:
+    header = bytes([0, 0, 0x08, tensor.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_idx_dataset(folder: Path, n_train: int = 300, n_test: int = 100, seed: int = 0
+                      ) -> dict[str, bytes]:
+    """Write the four ``*-idx?-ubyte.gz`` files; return their bytes by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for prefix, n, offset in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = learnable_images(n, 10, (1, 28, 28), seed + offset)
+        for kind, tensor in (("images-idx3", images[:, 0]), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            data = gzip.compress(idx_bytes(tensor), mtime=0)
+            (folder / name).write_bytes(data)
+            written[name] = data
+    return written
+
+
+def cifar_records(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    rows = torch.cat([labels.to(torch.uint8)[:, None], images.reshape(len(images), -1)], dim=1)
+    return rows.numpy().tobytes()
+
+
+def write_cifar_archive(path: Path, per_batch: int = 20, n_test: int = 40, seed: int = 0
+                        ) -> bytes:
+    """Write a ``cifar-10-binary.tar.gz`` with the real member names and record layout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        members = [(f"data_batch_{i}.bin", per_batch, seed + i) for i in range(1, 6)]
+        members.append(("test_batch.bin", n_test, seed))
+        for name, n, member_seed in members:
+            data = cifar_records(*learnable_images(n, 10, (3, 32, 32), member_seed))
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def spec_for(real: DatasetSpec, files: dict[str, bytes], urls: tuple[str, ...] = ()
+             ) -> DatasetSpec:
+    """``real`` with the checksums of the given tiny files (the test stands in for upstream)."""
+    return DatasetSpec(
+        name=real.name, urls=urls, classes=real.classes, image_shape=real.image_shape,
+        debian_package=real.debian_package,
+        files=tuple(DataFile(name, hashlib.md5(data).hexdigest()) for name, data in files.items()),
+    )
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A mirror folder with tiny Fashion-MNIST-format files the registry accepts."""
+    mirror = tmp_path / "mirror"
+    files = write_idx_dataset(mirror)
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist",
+                        spec_for(datasets.DATASETS["fashion-mnist"], files))
+    return mirror
+
+
+# --- a project folder with its own MLflow store ----------------------------------------------
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised MLflow SQLite database, created once (migrations take seconds)."""
+    folder = tmp_path_factory.mktemp("store")
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    MlflowClient().search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> Path:
+    """A project root (``DVC_ROOT``) with tiny params and a fresh default MLflow store."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "mlruns").mkdir()
+    shutil.copy(empty_store, root / "mlruns" / "mlflow.db")
+    write_yaml(root / "params.yaml", repo_params(**TINY))
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root)
+    yield root
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def set_params(project: Path) -> Callable[..., Path]:
+    """Rewrite the project's params.yaml with ``section__key=value`` overrides."""
+    def apply(**overrides: Any) -> Path:
+        raw = repo_params(**TINY)
+        for key, value in overrides.items():
+            set_dotted(raw, key.replace("__", "."), value)
+        return write_yaml(project / "params.yaml", raw)
+    return apply
+
+
+@pytest.fixture
+def client(project: Path) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    return MlflowClient()
+
+
+def runs_of(client: MlflowClient, stage: str | None = None, experiment: str = "tests"):
+    """Runs of the test experiment, newest first, optionally of one stage."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = f"tags.stage = '{stage}'" if stage else ""
+    return client.search_runs([found.experiment_id], query, order_by=["start_time DESC"])
+
+
+@pytest.fixture
+def processed(project: Path, set_params: Callable[..., Path], tiny_mirror: Path) -> Path:
+    """``data/processed`` made by the real download and preprocess stages from tiny files."""
+    from imgclf import download, preprocess
+    from imgclf.cli import run_stage
+
+    set_params(download__mirrors=[str(tiny_mirror)])
+    assert run_stage(download.main, ["--out", "data/raw"]) == 0
+    assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/processed"]) == 0
+    return project / "data" / "processed"
+
+
+TRAIN_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
+              "--metrics", "reports/train_metrics.json", "--plots", "reports/train_history.csv"]
+EVALUATE_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
+                 "--metrics", "reports/metrics.json", "--per-class", "reports/per_class.json",
+                 "--confusion", "reports/confusion.csv", "--confusion-png", "reports/confusion.png"]

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imgclf.models import build_model
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("name", "shape"), [("mlp", (1, 28, 28)), ("cnn", (1, 28, 28)),
+                                             ("mlp", (3, 32, 32)), ("cifar_cnn", (3, 32, 32))])
+def test_models_map_images_to_class_scores(name, shape):
+    model = build_model(name, shape, 10, 8, [0.5] * shape[0], [0.25] * shape[0])
+    out = model(torch.rand(5, *shape))
+    assert out.shape == (5, 10)
+
+
+def test_mlp_at_width_32_is_784_128_64_10():
+    model = build_model("mlp", (1, 28, 28), 10, 32, [0.0], [1.0])
+    assert count(model) == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_cifar_cnn_has_ten_outputs_and_right_flatten_size():
+    model = build_model("cifar_cnn", (3, 32, 32), 10, 32, [0.5] * 3, [0.25] * 3)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears[0].in_features == 128 * 4 * 4
+    assert linears[-1].out_features == 10
+
+
+def test_normalisation_uses_the_given_statistics():
+    model = build_model("mlp", (1, 28, 28), 10, 4, [0.5], [0.25])
+    x = torch.full((1, 1, 28, 28), 0.75)
+    assert torch.allclose(model[0](x), torch.ones_like(x))
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet", (1, 28, 28), 10, 4, [0.0], [1.0])

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from imgclf import train
+from imgclf.checkpoint import load_model
+from imgclf.cli import run_stage
+from imgclf.data import load_meta, load_split
+from imgclf.engine import DivergedError
+from imgclf.settings import load_settings
+
+from .conftest import TRAIN_ARGS, runs_of
+
+
+def core_inputs(processed, project, **recipe):
+    settings = load_settings(project / "params.yaml")
+    return (load_split(processed, "train"), load_split(processed, "val"), load_meta(processed),
+            settings.train.model_copy(update=recipe))
+
+
+def test_same_seed_gives_identical_results_on_cpu(processed, project):
+    inputs = core_inputs(processed, project, epochs=2, threads=2)
+    first = train.train(*inputs)
+    second = train.train(*inputs)
+    assert first.history == [
+        type(s)(**{**s.__dict__, "seconds": f.seconds, "images_per_s": f.images_per_s})
+        for s, f in zip(second.history, first.history, strict=True)]
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_learns_and_keeps_the_best_epoch(processed, project):
+    result = train.train(*core_inputs(processed, project, epochs=4, lr=0.02))
+    accuracies = [s.val_accuracy for s in result.history]
+    assert result.best_epoch == accuracies.index(max(accuracies)) + 1
+    assert max(accuracies) > 0.5  # ten classes: chance is 0.1
+
+
+def test_nan_loss_stops_training(processed, project):
+    with pytest.raises(DivergedError, match=r"lower train\.lr"):
+        # an absurd rate (past what params.yaml allows) overflows the weights within steps
+        train.train(*core_inputs(processed, project, model="mlp", lr=1e30, optimizer="sgd",
+                                 scheduler="none"))
+
+
+@pytest.mark.parametrize("recipe", [
+    {"optimizer": "sgd", "scheduler": "cosine", "augment": "crop_flip"},
+    {"optimizer": "adam", "scheduler": "none", "label_smoothing": 0.1, "augment": "crop"},
+    {"model": "mlp", "augment": "flip"},
+])
+def test_recipes_run(processed, project, recipe):
+    result = train.train(*core_inputs(processed, project, epochs=1, **recipe))
+    assert len(result.history) == 1
+
+
+def test_stage_outputs_and_mlflow_run(processed, project, client):
+    assert run_stage(train.main, TRAIN_ARGS) == 0
+
+    model, arch, info = load_model(project / "models/model.pt")
+    assert arch.model == "cnn" and arch.width == 4 and len(arch.classes) == 10
+    torch.load(project / "models/model.pt", weights_only=True)
+
+    with open(project / "reports/train_history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr"} <= set(rows[0])
+
+    metrics = json.loads((project / "reports/train_metrics.json").read_text())
+    (run,) = runs_of(client, "train")
+    assert metrics["mlflow_run_id"] == run.info.run_id == info["mlflow_run_id"]
+    assert metrics["val"]["best_accuracy"] == max(float(r["val/accuracy"]) for r in rows)
+
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.01"
+    assert run.data.params["train.batch_size"] == "32"
+    assert run.data.tags["stage"] == "train"
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr",
+                 "epoch_seconds", "images_per_s"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+    assert run.data.metrics["val/best_accuracy"] == metrics["val"]["best_accuracy"]
+
+    # the logged model is MLflow's pickle-free pt2 format and predicts like the local file
+    logged = mlflow.pytorch.load_model(info["mlflow_model_uri"])
+    x = load_split(project / "data/processed", "val").images[:8].float() / 255
+    with torch.no_grad():
+        assert torch.allclose(logged(x), model(x), atol=1e-5)
+    model_dir = Path(mlflow.artifacts.download_artifacts(info["mlflow_model_uri"]))
+    assert (model_dir / "data" / "model.pt2").is_file()
+    assert not list(model_dir.rglob("*.pth"))  # no pickled module
+    mlmodel = (model_dir / "MLmodel").read_text()
+    assert "signature" in mlmodel and "input_example" in mlmodel
+
+
+def test_plain_log_lines_when_not_a_terminal(processed, project):
+    done = subprocess.run([sys.executable, "-m", "imgclf.train", *TRAIN_ARGS], cwd=project,
+                          capture_output=True, text=True, check=True)
+    assert "epoch 1/2  train loss" in done.stderr and "epoch 2/2" in done.stderr
+    assert "\r" not in done.stderr  # no progress-bar redraws in logs
+
+
+def test_missing_cuda_is_a_clear_error(processed, project, set_params, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    set_params(train__device="cuda", download__mirrors=[])
+    assert run_stage(train.main, TRAIN_ARGS) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+    assert not (project / "models/model.pt").exists()
