@@ -69,11 +69,12 @@ def repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(PACKAGE, root / "src" / "imgclf",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     write_yaml(root / "params.yaml", repo_params(**{
         "data.train_limit": 2000, "data.test_limit": 500, "train.epochs": 2,
-        "train.width": 8, "train.threads": 2}))
+        "train.width": 8, "train.threads": 2, "tune.n_trials": 2, "tune.epochs": 1,
+        "tune.train_fraction": 0.5}))
     git(root, "init", "-q")
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
@@ -82,48 +83,96 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def runs(repo: Path):
+def all_runs(repo: Path):
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("imgclf")
-    return client, client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
+    return client.search_runs([experiment.experiment_id], order_by=["start_time ASC"],
+                              max_results=1000)
+
+
+def new_runs(repo: Path, seen: list) -> list:
+    ids = {run.info.run_id for run in seen}
+    return [run for run in all_runs(repo) if run.info.run_id not in ids]
+
+
+def stages_of(runs: list) -> list[str]:
+    return sorted(run.data.tags["stage"] for run in runs if run.data.tags["stage"] != "tune-trial")
+
+
+def best_params(repo: Path) -> dict:
+    return YAML(typ="safe").load((repo / "reports/best_params.yaml").read_text())["train"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
-def test_dvc_repro_runs_every_stage_tracked_then_does_nothing(repo):
+def test_dvc_pipeline_end_to_end(repo):
     dvc(repo, "repro")
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.6
     assert (repo / "models/model.pt").is_file()
-    _, found = runs(repo)
-    stages = {r.data.tags["stage"]: r for r in found}
-    assert set(stages) == {"pipeline", "download", "preprocess", "train", "evaluate"}
-    pipeline = stages.pop("pipeline")
+    found = all_runs(repo)
+    by_stage = {r.data.tags["stage"]: r for r in found}
+    assert stages_of(found) == ["download", "evaluate", "pipeline", "preprocess", "train",
+                                "tune"]
+    pipeline = by_stage["pipeline"]
     assert pipeline.info.status == "FINISHED"
-    for stage, run in stages.items():
+    for stage in ("download", "preprocess", "tune", "train", "evaluate"):
+        run = by_stage[stage]
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
         assert run.data.tags["dvc_stage"] == stage
         assert len(run.data.tags["git_commit"]) == 40
-    assert stages["train"].data.params["train.epochs"] == "2"
-    assert metrics["mlflow_run_id"] == stages["evaluate"].info.run_id
+    trials = [r for r in found if r.data.tags["stage"] == "tune-trial"]
+    assert len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {by_stage["tune"].info.run_id}
+    # the final model is trained with the tuned values
+    train_run = by_stage["train"]
+    assert float(train_run.data.params["train.lr"]) == best_params(repo)["lr"]
+    assert train_run.data.params["train.batch_size"] == str(best_params(repo)["batch_size"])
+    assert metrics["mlflow_run_id"] == by_stage["evaluate"].info.run_id
 
     again = dvc(repo, "repro")
     assert "Data and pipelines are up to date" in again.stdout
-    assert len(runs(repo)[1]) == len(found)
-
+    assert new_runs(repo, found) == []
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "first run")
-    dvc(repo, "exp", "run", "-S", "train.lr=0.05")
-    _, after = runs(repo)
-    new = [r for r in after if r.info.run_id not in {f.info.run_id for f in found}]
-    assert sorted(r.data.tags["stage"] for r in new) == ["evaluate", "pipeline", "train"]
-    (train_run,) = [r for r in new if r.data.tags["stage"] == "train"]
-    assert train_run.data.params["train.lr"] == "0.05"
-    assert train_run.data.tags["dvc_exp_name"]
 
-    shown = dvc(repo, "plots", "show", "--json")
-    plots = json.loads(shown.stdout)
+    # training longer reruns train and evaluate, not the search
+    seen = all_runs(repo)
+    dvc(repo, "exp", "run", "-S", "train.epochs=3")
+    runs = new_runs(repo, seen)
+    assert stages_of(runs) == ["evaluate", "pipeline", "train"]
+    assert [r for r in runs if r.data.tags["stage"] == "pipeline"][0].data.tags["dvc_exp_name"]
+
+    # a new learning rate is tried as the baseline trial of a new search
+    seen = all_runs(repo)
+    dvc(repo, "exp", "run", "-S", "train.lr=0.05")
+    runs = new_runs(repo, seen)
+    assert stages_of(runs) == ["evaluate", "pipeline", "train", "tune"]
+    baseline = [r for r in runs if r.data.tags.get("baseline") == "true"]
+    assert [float(r.data.params["lr"]) for r in baseline] == [0.05]
+
+    # the documented switch trains with params.yaml's own values
+    seen = all_runs(repo)
+    dvc(repo, "exp", "run", "-S", "tune.enabled=false", "-S", "train.lr=0.05")
+    runs = new_runs(repo, seen)
+    (train_run,) = [r for r in runs if r.data.tags["stage"] == "train"]
+    assert train_run.data.params["train.lr"] == "0.05"
+    assert not [r for r in runs if r.data.tags["stage"] == "tune-trial"]
+
+    # raising n_trials adds only the new trials to the same (lr=0.05 baseline) study
+    seen = all_runs(repo)
+    dvc(repo, "exp", "run", "-S", "tune.enabled=true", "-S", "tune.n_trials=3")
+    runs = new_runs(repo, seen)
+    assert [r.data.tags["optuna_trial"] for r in runs if r.data.tags["stage"] == "tune-trial"
+            ] == ["2"]
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    workspace = shown[0]["data"]
+    assert "reports/best_params.yaml" in workspace["params"]
+    assert workspace["metrics"]["reports/metrics.json"]["data"]["mlflow_run_id"]
+
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
     assert {"Accuracy", "Loss", "Confusion matrix"} <= set(plots["data"])

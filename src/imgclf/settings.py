@@ -88,6 +88,74 @@ class TrainSettings(_Section):
     eval_batch_size: int = Field(ge=1, le=65536)
 
 
+class LogRange(_Section):
+    """A positive range searched on a log scale."""
+
+    low: Finite = Field(gt=0)
+    high: Finite = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql",
+                   "mysql+pymysql", "sqlite")
+
+
+class TuneSettings(_Section):
+    """The Optuna search: space, budget, pruning and storage."""
+
+    enabled: bool
+    study: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    n_trials: int = Field(ge=1, le=100000)
+    timeout_s: Finite | None = Field(gt=0)
+    epochs: int = Field(ge=1, le=1000)
+    train_fraction: Finite = Field(gt=0, le=1)
+    lr: LogRange
+    batch_size: tuple[int, ...] = Field(min_length=1)
+    startup_trials: int = Field(ge=0, le=1000)
+    sampler_seed: int
+    pruner: Literal["median", "hyperband", "none"]
+    storage: str | None
+    workers: int = Field(ge=1, le=64)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, tuple) and any(
+                not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value):
+            raise ValueError("must be a list of positive integers")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme not in STORAGE_SCHEMES:
+                raise ValueError(f"unsupported database {scheme!r}; use a .journal file or "
+                                 f"a URL starting with one of {', '.join(STORAGE_SCHEMES)}")
+            credentials = value.split("://", 1)[1].split("@", 1)
+            if len(credentials) == 2 and ":" in credentials[0]:
+                raise ValueError("must not contain a password: params are logged and "
+                                 "committed; set PGPASSWORD or use ~/.pgpass instead")
+            return value
+        path = Path(value)
+        if path.suffix != ".journal":
+            raise ValueError("must be a database URL or a path ending in .journal")
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError("a journal path must be relative and stay inside the project "
+                             "(no '..')")
+        return value
+
+
 class EvaluateSettings(_Section):
     """Test-set evaluation."""
 
@@ -113,6 +181,7 @@ class Settings(_Section):
     data: DataSettings
     download: DownloadSettings
     train: TrainSettings
+    tune: TuneSettings
     evaluate: EvaluateSettings
     tracking: TrackingSettings
 
@@ -129,6 +198,12 @@ class Settings(_Section):
                 f"train.model: 'cifar_cnn' is built for 32x32 colour images; use 'cnn' or "
                 f"'mlp' for {self.data.dataset}"
             )
+        if (self.tune.workers > 1 and self.tune.storage
+                and self.tune.storage.startswith("sqlite")):
+            raise ValueError(
+                "tune.storage: SQLite cannot take several workers writing at once; for "
+                "tune.workers > 1 use a journal file (tune.storage: null, the default) or "
+                "PostgreSQL (postgresql://user@host/db)")
         return self
 
 
@@ -190,3 +265,27 @@ def load_settings(path: str | Path = "params.yaml") -> Settings:
     except YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     return parse_settings(raw, str(path))
+
+
+TUNED_KEYS = ("lr", "batch_size")
+
+
+def apply_best_params(settings: Settings, path: str | Path) -> Settings:
+    """``settings`` with ``train.lr`` and ``train.batch_size`` taken from the tune stage's file.
+
+    Raises:
+        SettingsError: the file is missing, unreadable or holds invalid values.
+    """
+    path = Path(path)
+    try:
+        raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        best = {key: raw["train"][key] for key in TUNED_KEYS}
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: not found; run the tune stage first (dvc repro tune)"
+                            ) from None
+    except (OSError, YAMLError, KeyError, TypeError) as exc:
+        raise SettingsError(f"{path}: not a best-params file ({exc}); rerun the tune stage"
+                            ) from None
+    merged = settings.model_dump()
+    merged["train"].update(best)
+    return parse_settings(merged, str(path))

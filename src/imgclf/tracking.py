@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import psutil
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -39,6 +40,7 @@ ERROR_TAG_LIMIT = 5000
 STAGE_SECTIONS = {
     "download": ("data", "download"),
     "preprocess": ("data",),
+    "tune": ("data", "train", "tune"),
     "train": ("data", "train"),
     "evaluate": ("data", "evaluate"),
 }
@@ -170,7 +172,7 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
     name = f"pipeline {tags['dvc_exp_name']}" if "dvc_exp_name" in tags else "pipeline"
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[
-        mlflow.entities.Param(key, str(value))
+        Param(key, str(value))
         for key, value in flatten(settings, tuple(type(settings).model_fields)).items()
     ])
     return run.info.run_id
@@ -178,33 +180,43 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
 
 @dataclass
 class StageRun:
-    """The active stage run; the only handle stage code has on MLflow."""
+    """An open MLflow run; the only handle stage code has on MLflow."""
 
     run_id: str
     experiment_id: str
 
+    @property
+    def _client(self) -> MlflowClient:
+        return MlflowClient()
+
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params(dict(params), run_id=self.run_id)
+        self._client.log_batch(self.run_id, params=[
+            Param(key, str(value)) for key, value in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log several metrics in one call (one batch request per epoch)."""
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step,
-                           run_id=self.run_id)
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        self._client.log_batch(self.run_id, tags=[
+            RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_dict(self, data: Any, name: str) -> None:
-        mlflow.log_dict(data, name, run_id=self.run_id)
+        self._client.log_dict(self.run_id, data, name)
 
     def log_figure(self, figure: Any, name: str) -> None:
-        mlflow.log_figure(figure, name)
+        self._client.log_figure(self.run_id, figure, name)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), folder, run_id=self.run_id)
+        self._client.log_artifact(self.run_id, str(path), folder)
 
     def log_model(self, model: Any, input_example: np.ndarray) -> str:
-        """Log a PyTorch model in MLflow's pickle-free ``pt2`` format; return its URI."""
+        """Log a PyTorch model in MLflow's pickle-free ``pt2`` format; return its URI.
+
+        Must be called while this run is the active one (inside :func:`stage_run`).
+        """
         import torch
 
         model = model.eval().cpu()
@@ -260,3 +272,51 @@ def stage_run(stage: str, settings: Settings, root: Path | None = None) -> Itera
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(f"received signal {signum}")
+
+
+@contextlib.contextmanager
+def trial_run(
+    parent_run_id: str,
+    experiment_id: str,
+    name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any],
+    pruned: tuple[type[BaseException], ...] = (),
+) -> Iterator[StageRun]:
+    """A child run of a tuning run for one trial, closed with the trial's outcome.
+
+    Normal exit: FINISHED, ``trial_state=COMPLETE``. An exception of a ``pruned`` type:
+    KILLED, ``trial_state=PRUNED``. Any other exception: FAILED, ``trial_state=FAIL`` and the
+    error as a tag. Works in worker processes that have no active run.
+    """
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=name, tags={
+        **{key: str(value) for key, value in tags.items()},
+        "mlflow.parentRunId": parent_run_id})
+    handle = StageRun(run.info.run_id, experiment_id)
+    handle.log_params(params)
+    try:
+        yield handle
+    except pruned:
+        handle.set_tags({"trial_state": "PRUNED"})
+        client.set_terminated(run.info.run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        handle.set_tags({"trial_state": "FAIL",
+                         "error": f"{type(exc).__name__}: {exc}"[:ERROR_TAG_LIMIT]})
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    handle.set_tags({"trial_state": "COMPLETE"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def close_orphaned_run(run_id: str, reason: str) -> None:
+    """Mark a run left RUNNING by a process that died as KILLED, recording why."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return
+    if run.info.status == "RUNNING":
+        client.set_tag(run_id, "error", reason[:ERROR_TAG_LIMIT])
+        client.set_terminated(run_id, "KILLED")

@@ -1,8 +1,10 @@
 """Stage 4: train the classifier and keep the epoch with the best validation accuracy.
 
+With ``--best-params`` the learning rate and batch size come from the tune stage.
+
     python -m imgclf.train --params params.yaml --data data/processed \\
         --model models/model.pt --metrics reports/train_metrics.json \\
-        --plots reports/train_history.csv
+        --plots reports/train_history.csv --best-params reports/best_params.yaml
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from imgclf.cli import run_stage
 from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
 from imgclf.files import write_json, write_text
-from imgclf.settings import TrainSettings, load_settings
+from imgclf.settings import TrainSettings, apply_best_params, load_settings
 
 INPUT_EXAMPLE_SIZE = 4
 
@@ -73,16 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="output model file")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
     parser.add_argument("--plots", type=Path, required=True, help="output per-epoch CSV")
+    parser.add_argument("--best-params", type=Path,
+                        help="the tune stage's file; its train.lr and train.batch_size win")
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
+    if args.best_params:
+        settings = apply_best_params(settings, args.best_params)
     recipe = settings.train
     meta = load_meta(args.data)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
     resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
 
     with tracking.stage_run("train", settings) as run:
-        run.log_params({"train_size": len(train_split), "val_size": len(val_split)})
+        run.log_params({"train_size": len(train_split), "val_size": len(val_split),
+                        "hyperparams_from": str(args.best_params or args.params)})
         result = train(train_split, val_split, meta, recipe,
                        on_epoch=lambda stats: run.log_metrics(stats.metrics(), step=stats.epoch))
         best = result.best

@@ -1,0 +1,296 @@
+"""Stage 3: search learning rate and batch size with Optuna; the winner feeds training.
+
+Every trial calls the train stage's own training function on a share of the training split
+and reports validation accuracy after each epoch, so the pruner can stop weak trials early.
+The study is stored outside DVC's outputs and resumes: raising ``tune.n_trials`` and rerunning
+adds only the missing trials. With ``tune.enabled: false`` the stage writes ``train.lr`` and
+``train.batch_size`` through unchanged.
+
+    python -m imgclf.tune --params params.yaml --data data/processed \\
+        --best reports/best_params.yaml --metrics reports/tune_metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import optuna
+from optuna.visualization import matplotlib as optuna_plots
+
+from imgclf import studies, tracking
+from imgclf.cli import run_stage
+from imgclf.data import Meta, Split, load_meta, load_split, stratified_split
+from imgclf.engine import EpochStats
+from imgclf.errors import UserError
+from imgclf.files import project_root, write_json, write_text
+from imgclf.settings import Settings, TuneSettings, load_settings
+from imgclf.train import train
+
+log = logging.getLogger(__name__)
+OBJECTIVE = "val/best_accuracy"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process needs to run its share of the trials."""
+
+    settings: Settings
+    data_dir: Path
+    root: Path
+    storage: str
+    study: str
+    n_trials: int
+    parent_run_id: str
+    experiment_id: str
+    worker: int
+    threads: int
+
+
+def fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything that shapes a trial's result; a change starts a new study."""
+    search = settings.tune.model_dump(
+        mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
+    recipe = settings.train.model_dump(mode="json", exclude={"epochs", "device", "threads"})
+    return {"dataset": settings.data.dataset, "model": settings.train.model,
+            "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
+
+
+def make_sampler(cfg: TuneSettings, worker: int) -> optuna.samplers.BaseSampler:
+    # Each worker gets its own seed, or parallel workers would propose the same trials.
+    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + worker,
+                                      n_startup_trials=cfg.startup_trials)
+
+
+def make_pruner(cfg: TuneSettings) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: TuneSettings, storage: str, name: str, worker: int = 0) -> optuna.Study:
+    """Create the study or resume it."""
+    return optuna.create_study(
+        study_name=name, storage=studies.open_storage(storage), direction="maximize",
+        sampler=make_sampler(cfg, worker), pruner=make_pruner(cfg), load_if_exists=True)
+
+
+def trial_data(train_split: Split, fraction: float, seed: int) -> Split:
+    """The stratified share of the training split every trial trains on."""
+    if fraction >= 1:
+        return train_split
+    return train_split.take(stratified_split(train_split.labels, fraction, seed)[0])
+
+
+def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Split,
+              meta: Meta) -> float:
+    """Train one trial's recipe; report validation accuracy per epoch for pruning."""
+    cfg, base = job.settings.tune, job.settings.train
+    with warnings.catch_warnings():
+        # the baseline trial's learning rate may lie outside the searched range
+        warnings.filterwarnings("ignore", "Fixed parameter", UserWarning)
+        params = {
+            "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
+        }
+    recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads})
+    trial.set_user_attr(studies.WORKER_ATTR, studies.worker_id())
+    tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
+            "optuna_study": job.study, "optuna_trial": trial.number,
+            "baseline": str(trial.user_attrs.get("baseline", False)).lower()}
+    with tracking.trial_run(job.parent_run_id, job.experiment_id, f"trial {trial.number}",
+                            {**params, "epochs": cfg.epochs, "train_size": len(train_split)},
+                            tags, pruned=(optuna.TrialPruned,)) as run:
+        trial.set_user_attr(studies.RUN_ATTR, run.run_id)
+
+        def report(stats: EpochStats) -> None:
+            run.log_metrics(stats.metrics(), step=stats.epoch)
+            trial.report(stats.val_accuracy, stats.epoch)
+            if trial.should_prune():
+                run.set_tags({"pruned_at_epoch": stats.epoch})
+                trial.set_user_attr("pruned_at_epoch", stats.epoch)
+                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
+
+        try:
+            result = train(train_split, val_split, meta, recipe, on_epoch=report)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr(studies.FAIL_ATTR, f"{type(exc).__name__}: {exc}")
+            raise
+        run.log_metrics({OBJECTIVE: result.best.val_accuracy, "best_epoch": result.best_epoch})
+        return result.best.val_accuracy
+
+
+def run_worker(job: Job) -> None:
+    """Run ``job.n_trials`` trials of the shared study (in this process)."""
+    tracking.connect(job.settings.tracking.experiment, job.root)
+    cfg = job.settings.tune
+    study = open_study(cfg, job.storage, job.study, job.worker)
+    meta = load_meta(job.data_dir)
+    train_split = trial_data(load_split(job.data_dir, "train"), cfg.train_fraction,
+                             job.settings.data.seed)
+    val_split = load_split(job.data_dir, "val")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta),
+                   n_trials=job.n_trials, timeout=cfg.timeout_s, catch=(Exception,),
+                   gc_after_trial=False)
+
+
+def _run_worker_process(job: Job) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(message)s")
+    run_worker(job)
+
+
+def run_workers(jobs: list[Job]) -> list[int]:
+    """Run one job in this process, or each in its own process; return their exit codes."""
+    if len(jobs) == 1:
+        run_worker(jobs[0])
+        return [0]
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_run_worker_process, args=(job,)) for job in jobs]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return [process.exitcode for process in processes]
+
+
+def split_trials(total: int, workers: int) -> list[int]:
+    """Share ``total`` trials among workers as evenly as possible, dropping idle ones."""
+    shares = [total // workers + (i < total % workers) for i in range(workers)]
+    return [share for share in shares if share]
+
+
+def enqueue_baseline(study: optuna.Study, settings: Settings) -> None:
+    """Make the untuned ``train.lr``/``train.batch_size`` the first trial of a new study.
+
+    The search then can only match or beat the values in params.yaml on its own objective.
+    The learning rate may lie outside the searched range; the batch size must be one of the
+    choices.
+    """
+    cfg, base = settings.tune, settings.train
+    if study.trials:
+        return
+    if base.batch_size not in cfg.batch_size:
+        log.info("train.batch_size %d is not among tune.batch_size %s: no baseline trial",
+                 base.batch_size, list(cfg.batch_size))
+        return
+    study.enqueue_trial({"lr": base.lr, "batch_size": base.batch_size},
+                        user_attrs={"baseline": True})
+
+
+def log_plots(run: tracking.StageRun, study: optuna.Study) -> None:
+    """Optimization history, parameter importances and the lr / batch size slice plot."""
+    plots = {
+        "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "param_importances.png": lambda: optuna_plots.plot_param_importances(study),
+        "slice_lr_batch_size.png": lambda: optuna_plots.plot_slice(
+            study, params=["lr", "batch_size"]),
+    }
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot()
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            # e.g. importances need two finished trials with different values
+            log.info("skipped %s: %s", name, exc)
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
+        run.log_figure(figure, name)
+        plt.close(figure)
+
+
+def best_params_yaml(lr: float, batch_size: int, source: str) -> str:
+    return (f"# Written by the tune stage ({source}); train reads it.\n"
+            f"train:\n  lr: {lr!r}\n  batch_size: {batch_size}\n")
+
+
+def tune(settings: Settings, data_dir: Path, root: Path, run: tracking.StageRun
+         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run (or resume) the study; return the best params and a summary for the metrics file."""
+    cfg = settings.tune
+    name = studies.study_name(cfg, fingerprint(settings))
+    storage = studies.storage_url(cfg, root, name)
+    study = open_study(cfg, storage, name)
+    for trial in studies.fail_orphaned_trials(study):
+        if run_id := trial.user_attrs.get(studies.RUN_ATTR):
+            tracking.close_orphaned_run(run_id, "its tuning worker died mid-trial")
+        log.info("trial %d was left running by a dead worker: marked FAIL", trial.number)
+    enqueue_baseline(study, settings)
+    counts = studies.count_states(study)
+    remaining = cfg.n_trials - counts["complete"] - counts["pruned"]
+    run.set_tags({"optuna_study": name, "optuna_storage": storage})
+    log.info("study %s: %d trials done, %d to run with %d worker(s)", name,
+             counts["complete"] + counts["pruned"], max(remaining, 0), cfg.workers)
+
+    if remaining > 0:
+        threads = settings.train.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
+        jobs = [Job(settings, data_dir, root, storage, name, share, run.run_id,
+                    run.experiment_id, worker, threads)
+                for worker, share in enumerate(split_trials(remaining, cfg.workers))]
+        codes = run_workers(jobs)
+        if any(codes):
+            log.warning("worker exit codes %s; their unfinished trials are marked FAIL", codes)
+        for trial in studies.fail_orphaned_trials(study):
+            if run_id := trial.user_attrs.get(studies.RUN_ATTR):
+                tracking.close_orphaned_run(run_id, "its tuning worker died mid-trial")
+
+    counts = studies.count_states(study)
+    if counts["complete"] == 0:
+        raise UserError(f"no tuning trial completed ({counts['pruned']} pruned, "
+                        f"{counts['fail']} failed); see the failed trial runs under MLflow run "
+                        f"{run.run_id} for the reasons")
+    best = study.best_trial
+    summary = {"val": {"best_accuracy": best.value}, "best_trial": best.number,
+               "trials": counts, "study": name}
+    run.log_metrics({OBJECTIVE: best.value, "best_trial": best.number,
+                     **{f"trials/{state}": n for state, n in counts.items()}})
+    run.log_params({f"best/{key}": value for key, value in best.params.items()})
+    log_plots(run, study)
+    return best.params, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
+    parser.add_argument("--best", type=Path, required=True, help="output best-params YAML")
+    parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.params)
+    load_meta(args.data)  # fail on missing inputs before a run is opened
+    root = project_root()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
+    with tracking.stage_run("tune", settings) as run:
+        if settings.tune.enabled:
+            best, summary = tune(settings, args.data.resolve(), root, run)
+            source = f"best of study {summary['study']}"
+        else:
+            best = {"lr": settings.train.lr, "batch_size": settings.train.batch_size}
+            summary = {"trials": dict.fromkeys(studies.STATES, 0)}
+            source = "tuning disabled: train.lr and train.batch_size from params.yaml"
+            run.set_tags({"tuning": "disabled"})
+        summary["mlflow_run_id"] = run.run_id
+        write_text(args.best, best_params_yaml(best["lr"], best["batch_size"], source))
+        write_json(args.metrics, summary)
+        print(f"lr {best['lr']:.6g}, batch size {best['batch_size']} ({source})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))
