@@ -144,7 +144,7 @@ def test_dvc_pipeline_end_to_end(repo):
     dvc(repo, "exp", "run", "-S", "train.epochs=3")
     runs = new_runs(repo, seen)
     assert stages_of(runs) == ["evaluate", "pipeline", "train"]
-    assert [r for r in runs if r.data.tags["stage"] == "pipeline"][0].data.tags["dvc_exp_name"]
+    assert next(r for r in runs if r.data.tags["stage"] == "pipeline").data.tags["dvc_exp_name"]
 
     # a new learning rate is tried as the baseline trial of a new search
     seen = all_runs(repo)

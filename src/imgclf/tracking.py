@@ -9,6 +9,7 @@ each stage is a separate Python process.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import sqlite3
@@ -57,12 +58,20 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(root or project_root()) / STORE_DIR / STORE_DB}"
 
 
-def _prepare_default_store(root: Path) -> None:
-    """Create ``mlruns/`` and switch the SQLite store to WAL so concurrent stages don't lock."""
+@contextlib.contextmanager
+def _default_store(root: Path) -> Iterator[None]:
+    """Create ``mlruns/`` with its SQLite store in WAL mode, one process at a time.
+
+    WAL lets concurrent stages (queued experiments) read while one writes; the lock keeps
+    two first-time stages from creating MLflow's tables at once.
+    """
     store = root / STORE_DIR
     store.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(store / STORE_DB, timeout=30)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    with open(store / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.closing(sqlite3.connect(store / STORE_DB, timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+        yield
 
 
 @contextlib.contextmanager
@@ -91,28 +100,31 @@ def connect(experiment: str, root: Path | None = None) -> str:
     uri = tracking_uri(root)
     default_store = "MLFLOW_TRACKING_URI" not in os.environ
     try:
-        if default_store:
-            _prepare_default_store(root)
-        mlflow.set_tracking_uri(uri)
-        client = MlflowClient()
-        with _fail_fast_http():
-            found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return found.experiment_id
-        location = (root / STORE_DIR / "artifacts").as_uri() if default_store else None
-        try:
-            return client.create_experiment(experiment, artifact_location=location)
-        except MlflowException:  # created meanwhile by a concurrent stage
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return found.experiment_id
+        with _default_store(root) if default_store else contextlib.nullcontext():
+            return _experiment_id(uri, experiment, root, default_store)
     except (MlflowException, OSError, sqlite3.Error) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(
             f"cannot use the MLflow tracking store at {uri}: {reason}. "
             "Start the server or fix MLFLOW_TRACKING_URI (unset it to use mlruns/mlflow.db)."
         ) from None
+
+
+def _experiment_id(uri: str, experiment: str, root: Path, default_store: bool) -> str:
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    with _fail_fast_http():
+        found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = (root / STORE_DIR / "artifacts").as_uri() if default_store else None
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent stage
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def _git(*args: str) -> str | None:

@@ -116,7 +116,8 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
         def report(stats: EpochStats) -> None:
             run.log_metrics(stats.metrics(), step=stats.epoch)
             trial.report(stats.val_accuracy, stats.epoch)
-            if trial.should_prune():
+            # after the last epoch the work is done: keep the result instead of pruning it
+            if stats.epoch < cfg.epochs and trial.should_prune():
                 run.set_tags({"pruned_at_epoch": stats.epoch})
                 trial.set_user_attr("pruned_at_epoch", stats.epoch)
                 raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
