@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
+SERVE_PORT ?= 5001
+N ?= 10
 STORE := sqlite:///$(abspath mlruns)/mlflow.db
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro test test-fast lint ui clean
+.PHONY: help setup data run repro test test-fast lint ui serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +22,7 @@ help: ## list the targets
 $(BIN)/dvc: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-compile -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
@@ -57,6 +59,12 @@ lint: setup ## ruff
 
 ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+
+serve: setup ## serve the registry's champion model on http://127.0.0.1:5001 (SERVE_PORT=)
+	$(BIN)/python -m imgclf.serve --host $(HOST) --port $(SERVE_PORT)
+
+compare: setup ## leaderboard of the last pipeline runs (N=10)
+	$(BIN)/imgclf-compare -n $(N)
 
 clean: ## delete pipeline outputs (not the MLflow store)
 	rm -rf data/raw data/processed models/model.pt reports

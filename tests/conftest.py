@@ -200,11 +200,14 @@ def processed(project: Path, set_params: Callable[..., Path], tiny_mirror: Path)
     from imgclf.cli import run_stage
 
     set_params(download__mirrors=[str(tiny_mirror)])
-    assert run_stage(download.main, ["--out", "data/raw"]) == 0
-    assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/processed"]) == 0
+    assert run_stage(download.main, DOWNLOAD_ARGS) == 0
+    assert run_stage(preprocess.main, PREPROCESS_ARGS) == 0
     return project / "data" / "processed"
 
 
+DOWNLOAD_ARGS = ["--out", "data/raw", "--metrics", "reports/download_metrics.json"]
+PREPROCESS_ARGS = ["--raw", "data/raw", "--out", "data/processed",
+                   "--metrics", "reports/preprocess_metrics.json"]
 TRAIN_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
               "--metrics", "reports/train_metrics.json", "--plots", "reports/train_history.csv"]
 EVALUATE_ARGS = ["--data", "data/processed", "--model", "models/model.pt",

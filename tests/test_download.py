@@ -15,7 +15,8 @@ from .conftest import FMNIST_DIR, runs_of, spec_for, write_idx_dataset
 
 
 def run_download(out="data/raw"):
-    return run_stage(download.main, ["--out", str(out)])
+    return run_stage(download.main, ["--out", str(out),
+                                     "--metrics", "reports/download_metrics.json"])
 
 
 def test_mirror_files_are_verified_copied_and_logged(project, set_params, tiny_mirror, client):

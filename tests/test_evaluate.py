@@ -37,7 +37,7 @@ def test_stage_writes_reports_and_logs(trained, project, client):
     (run,) = runs_of(client, "evaluate")
     (train_run,) = runs_of(client, "train")
     assert metrics["mlflow_run_id"] == run.info.run_id
-    assert run.data.tags["train_run_id"] == train_run.info.run_id
+    assert run.data.tags["lineage.train"] == train_run.info.run_id
     assert run.data.metrics["test/accuracy"] == metrics["test"]["accuracy"]
     assert run.data.metrics["test/macro_f1"] == metrics["test"]["macro_f1"]
     assert run.data.metrics["test/recall/t-shirt_top"] == per_class["T-shirt/top"]["recall"]

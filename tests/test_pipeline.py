@@ -6,8 +6,12 @@ import ast
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -63,10 +67,8 @@ def git(repo: Path, *args: str) -> None:
                    cwd=repo, check=True, capture_output=True)
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
+def make_repo(root: Path, **overrides) -> Path:
     """A fresh clone-like project: the real dvc.yaml and code, params shrunk for speed."""
-    root = tmp_path / "repo"
     shutil.copytree(PACKAGE, root / "src" / "imgclf",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
@@ -74,7 +76,7 @@ def repo(tmp_path: Path) -> Path:
     write_yaml(root / "params.yaml", repo_params(**{
         "data.train_limit": 2000, "data.test_limit": 500, "train.epochs": 2,
         "train.width": 8, "train.threads": 2, "tune.n_trials": 2, "tune.epochs": 1,
-        "tune.train_fraction": 0.5}))
+        "tune.train_fraction": 0.5, **overrides}))
     git(root, "init", "-q")
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
@@ -83,21 +85,54 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def all_runs(repo: Path):
+def all_runs(repo: Path) -> list:
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("imgclf")
+    if experiment is None:
+        return []
     return client.search_runs([experiment.experiment_id], order_by=["start_time ASC"],
                               max_results=1000)
 
 
-def new_runs(repo: Path, seen: list) -> list:
-    ids = {run.info.run_id for run in seen}
-    return [run for run in all_runs(repo) if run.info.run_id not in ids]
+class History:
+    """What each step of the session below ran, and what it printed."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.steps: dict[str, tuple[list, str]] = {}
+
+    def run(self, step: str, *args: str) -> None:
+        seen = {run.info.run_id for run in all_runs(self.repo)}
+        done = dvc(self.repo, *args)
+        self.steps[step] = ([r for r in all_runs(self.repo) if r.info.run_id not in seen],
+                            done.stdout)
+
+    def runs(self, step: str, stage: str | None = None) -> list:
+        runs = self.steps[step][0]
+        return [r for r in runs if stage is None or r.data.tags["stage"] == stage]
+
+    def stages(self, step: str) -> list[str]:
+        return sorted(r.data.tags["stage"] for r in self.runs(step)
+                      if r.data.tags["stage"] != "tune-trial")
 
 
-def stages_of(runs: list) -> list[str]:
-    return sorted(run.data.tags["stage"] for run in runs if run.data.tags["stage"] != "tune-trial")
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    """A user's session: repro, repro again, then experiments changing one thing each."""
+    if not FMNIST_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is missing")
+    session = History(make_repo(tmp_path_factory.mktemp("pipeline") / "repo"))
+    session.run("repro", "repro")
+    session.run("again", "repro")
+    git(session.repo, "add", "-A")
+    git(session.repo, "commit", "-qm", "first run")
+    session.run("epochs", "exp", "run", "-S", "train.epochs=3")
+    session.run("lr", "exp", "run", "-S", "train.lr=0.05")
+    session.run("no-tuning", "exp", "run", "-S", "tune.enabled=false", "-S", "train.lr=0.05")
+    # raising n_trials resumes the lr=0.05 study of step "lr"
+    session.run("more-trials", "exp", "run", "-S", "tune.enabled=true", "-S", "tune.n_trials=3")
+    return session
 
 
 def best_params(repo: Path) -> dict:
@@ -105,74 +140,264 @@ def best_params(repo: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
-def test_dvc_pipeline_end_to_end(repo):
-    dvc(repo, "repro")
-
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["test"]["accuracy"] > 0.6
-    assert (repo / "models/model.pt").is_file()
-    found = all_runs(repo)
-    by_stage = {r.data.tags["stage"]: r for r in found}
-    assert stages_of(found) == ["download", "evaluate", "pipeline", "preprocess", "train",
-                                "tune"]
-    pipeline = by_stage["pipeline"]
+def test_repro_runs_every_stage_tracked_and_nested(history):
+    repo = history.repo
+    assert history.stages("repro") == ["download", "evaluate", "pipeline", "preprocess",
+                                       "train", "tune"]
+    (pipeline,) = history.runs("repro", "pipeline")
     assert pipeline.info.status == "FINISHED"
     for stage in ("download", "preprocess", "tune", "train", "evaluate"):
-        run = by_stage[stage]
+        (run,) = history.runs("repro", stage)
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
         assert run.data.tags["dvc_stage"] == stage
         assert len(run.data.tags["git_commit"]) == 40
-    trials = [r for r in found if r.data.tags["stage"] == "tune-trial"]
+        assert run.data.tags["git_dirty"] in ("true", "false")
+        assert run.data.tags["data_version"] == pipeline.data.tags["data_version"]
+        assert pipeline.data.tags[f"run.{stage}"] == run.info.run_id
+    trials = history.runs("repro", "tune-trial")
+    (tune_run,) = history.runs("repro", "tune")
     assert len(trials) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {by_stage["tune"].info.run_id}
-    # the final model is trained with the tuned values
-    train_run = by_stage["train"]
-    assert float(train_run.data.params["train.lr"]) == best_params(repo)["lr"]
-    assert train_run.data.params["train.batch_size"] == str(best_params(repo)["batch_size"])
-    assert metrics["mlflow_run_id"] == by_stage["evaluate"].info.run_id
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {tune_run.info.run_id}
+    # the data version: dvc.lock's hash of each input, copied onto the stage that read it
+    (train_run,) = history.runs("repro", "train")
+    lock = YAML(typ="safe").load((repo / "dvc.lock").read_text())["stages"]
+    processed = next(o for o in lock["preprocess"]["outs"] if o["path"] == "data/processed")
+    assert train_run.data.tags["dvc.md5/data/processed"] == processed["md5"]
+    # every stage's metrics file names the MLflow run that wrote it (the latest of its stage)
+    latest = {r.data.tags["stage"]: r.info.run_id for r in all_runs(repo)}
+    for stage, name in (("download", "download_metrics"), ("preprocess", "preprocess_metrics"),
+                        ("tune", "tune_metrics"), ("train", "train_metrics"),
+                        ("evaluate", "metrics")):
+        metrics = json.loads((repo / f"reports/{name}.json").read_text())
+        assert metrics["mlflow_run_id"] == latest[stage], stage
 
-    again = dvc(repo, "repro")
-    assert "Data and pipelines are up to date" in again.stdout
-    assert new_runs(repo, found) == []
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "first run")
 
-    # training longer reruns train and evaluate, not the search
-    seen = all_runs(repo)
-    dvc(repo, "exp", "run", "-S", "train.epochs=3")
-    runs = new_runs(repo, seen)
-    assert stages_of(runs) == ["evaluate", "pipeline", "train"]
-    assert next(r for r in runs if r.data.tags["stage"] == "pipeline").data.tags["dvc_exp_name"]
+@pytest.mark.slow
+def test_final_model_uses_the_tuned_values(history):
+    (train_run,) = history.runs("more-trials", "train")
+    tuned = best_params(history.repo)
+    assert float(train_run.data.params["train.lr"]) == tuned["lr"]
+    assert train_run.data.params["train.batch_size"] == str(tuned["batch_size"])
+    (pipeline,) = history.runs("more-trials", "pipeline")
+    assert float(pipeline.data.params["tuned/lr"]) == tuned["lr"]
 
-    # a new learning rate is tried as the baseline trial of a new search
-    seen = all_runs(repo)
-    dvc(repo, "exp", "run", "-S", "train.lr=0.05")
-    runs = new_runs(repo, seen)
-    assert stages_of(runs) == ["evaluate", "pipeline", "train", "tune"]
-    baseline = [r for r in runs if r.data.tags.get("baseline") == "true"]
+
+@pytest.mark.slow
+def test_second_repro_does_nothing(history):
+    assert "Data and pipelines are up to date" in history.steps["again"][1]
+    assert history.runs("again") == []
+
+
+@pytest.mark.slow
+def test_training_longer_reuses_cached_stages_and_links_them(history):
+    assert history.stages("epochs") == ["evaluate", "pipeline", "train"]
+    (pipeline,) = history.runs("epochs", "pipeline")
+    assert pipeline.data.tags["dvc_exp_name"]
+    assert pipeline.data.tags["dvc_exp_baseline_rev"]
+    # cached stages point to the runs of the first repro that produced their outputs
+    for stage in ("download", "preprocess", "tune"):
+        (original,) = history.runs("repro", stage)
+        assert pipeline.data.tags[f"run.{stage}"] == original.info.run_id
+        assert pipeline.data.tags[f"reused.{stage}"] == "true"
+    # and from the evaluate run one can walk back to every run behind its model
+    (evaluate_run,) = history.runs("epochs", "evaluate")
+    (train_run,) = history.runs("epochs", "train")
+    assert evaluate_run.data.tags["lineage.train"] == train_run.info.run_id
+    for stage in ("download", "preprocess", "tune"):
+        (original,) = history.runs("repro", stage)
+        assert evaluate_run.data.tags[f"lineage.{stage}"] == original.info.run_id
+        assert train_run.data.tags[f"lineage.{stage}"] == original.info.run_id
+    assert train_run.data.params["train.epochs"] == "3"
+
+
+@pytest.mark.slow
+def test_new_learning_rate_is_the_baseline_trial_of_a_new_search(history):
+    assert history.stages("lr") == ["evaluate", "pipeline", "train", "tune"]
+    baseline = [r for r in history.runs("lr", "tune-trial")
+                if r.data.tags.get("baseline") == "true"]
     assert [float(r.data.params["lr"]) for r in baseline] == [0.05]
 
-    # the documented switch trains with params.yaml's own values
-    seen = all_runs(repo)
-    dvc(repo, "exp", "run", "-S", "tune.enabled=false", "-S", "train.lr=0.05")
-    runs = new_runs(repo, seen)
-    (train_run,) = [r for r in runs if r.data.tags["stage"] == "train"]
+
+@pytest.mark.slow
+def test_disabled_tuning_trains_with_params_yaml_values(history):
+    (train_run,) = history.runs("no-tuning", "train")
     assert train_run.data.params["train.lr"] == "0.05"
-    assert not [r for r in runs if r.data.tags["stage"] == "tune-trial"]
+    assert history.runs("no-tuning", "tune-trial") == []
 
-    # raising n_trials adds only the new trials to the same (lr=0.05 baseline) study
-    seen = all_runs(repo)
-    dvc(repo, "exp", "run", "-S", "tune.enabled=true", "-S", "tune.n_trials=3")
-    runs = new_runs(repo, seen)
-    assert [r.data.tags["optuna_trial"] for r in runs if r.data.tags["stage"] == "tune-trial"
-            ] == ["2"]
 
-    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+@pytest.mark.slow
+def test_raising_n_trials_adds_only_the_new_trials(history):
+    trials = history.runs("more-trials", "tune-trial")
+    assert [r.data.tags["optuna_trial"] for r in trials] == ["2"]
+
+
+@pytest.mark.slow
+def test_exp_show_lists_tuned_params_and_run_ids(history):
+    shown = json.loads(dvc(history.repo, "exp", "show", "--json").stdout)
     workspace = shown[0]["data"]
     assert "reports/best_params.yaml" in workspace["params"]
-    assert workspace["metrics"]["reports/metrics.json"]["data"]["mlflow_run_id"]
+    for name in ("metrics", "train_metrics", "tune_metrics"):
+        assert workspace["metrics"][f"reports/{name}.json"]["data"]["mlflow_run_id"]
+    experiments = [exp for rev in shown for exp in rev.get("experiments") or []]
+    assert len(experiments) >= 4
 
-    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
+
+@pytest.mark.slow
+def test_plots_render_curves_and_confusion_matrix(history):
+    plots = json.loads(dvc(history.repo, "plots", "show", "--json").stdout)
     assert {"Accuracy", "Loss", "Confusion matrix"} <= set(plots["data"])
+
+
+@pytest.mark.slow
+def test_registry_champion_is_the_best_evaluated_model(history):
+    mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'fashion-mnist-classifier'")
+    assert len(versions) == 5  # one per trained model
+    champion = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
+    best = max(float(v.tags["test/accuracy"]) for v in versions)
+    assert float(champion.tags["test/accuracy"]) == best
+    for version in versions:
+        assert {"data_version", "git_commit", "train_run_id", "test/macro_f1"} <= set(
+            version.tags)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer")
+
+
+@pytest.fixture
+def server(history):
+    """Start a server command on a free loopback port; stop it afterwards."""
+    processes = []
+
+    def start(command: list[str], health: str) -> str:
+        port = free_port()
+        log = open(history.repo.parent / f"server-{port}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen([*command, "--port", str(port)], cwd=history.repo,
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + health, process)
+        return base
+
+    yield start
+    for process in processes:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_served_champion_answers_like_the_local_model(history, server):
+    import torch
+
+    from imgclf.data import load_split
+
+    base = server([sys.executable, "-m", "imgclf.serve"], "/ping")
+    images = load_split(history.repo / "data/processed", "test").images[:8].float() / 255
+    request = urllib.request.Request(
+        base + "/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
+        headers={"Content-Type": "application/json"})
+    served = torch.tensor(json.loads(urllib.request.urlopen(request).read())["predictions"])
+
+    mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
+    champion = MlflowClient().get_model_version_by_alias("fashion-mnist-classifier",
+                                                         "champion")
+    local = mlflow.pytorch.load_model(f"models:/fashion-mnist-classifier/{champion.version}")
+    with torch.no_grad():
+        expected = local(images)
+    assert torch.equal(served.argmax(1), expected.argmax(1))
+    assert torch.allclose(served, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tracking_server_rest_api_ranks_pipeline_runs(history, server):
+    store = f"sqlite:///{history.repo}/mlruns/mlflow.db"
+    base = server([str(Path(sys.executable).parent / "mlflow"), "server",
+                   "--backend-store-uri", store, "--host", "127.0.0.1", "--workers", "1"],
+                  "/health")
+    experiment = json.loads(urllib.request.urlopen(
+        base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=imgclf").read())
+    query = {"experiment_ids": [experiment["experiment"]["experiment_id"]],
+             "filter": "tags.stage = 'pipeline'",
+             "order_by": ["metrics.`test/accuracy` DESC"], "max_results": 50}
+    request = urllib.request.Request(base + "/api/2.0/mlflow/runs/search",
+                                     data=json.dumps(query).encode(),
+                                     headers={"Content-Type": "application/json"})
+    runs = json.loads(urllib.request.urlopen(request).read())["runs"]
+
+    assert len(runs) == 5
+    accuracies = [{m["key"]: m["value"] for m in run["data"]["metrics"]}["test/accuracy"]
+                  for run in runs]
+    assert accuracies == sorted(accuracies, reverse=True)
+    for run in runs:
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert params["data.dataset"] == "fashion-mnist"
+        assert "train.lr" in params and "tuned/lr" in params
+        assert tags["stage"] == "pipeline" and "run.evaluate" in tags
+
+
+@pytest.mark.slow
+def test_compare_prints_a_leaderboard(history):
+    done = subprocess.run([str(Path(sys.executable).parent / "imgclf-compare"), "-n", "10"],
+                          cwd=history.repo, capture_output=True, text=True, check=True,
+                          env={k: v for k, v in os.environ.items() if k != "DVC_ROOT"})
+    out = done.stdout
+    assert "last 5 pipeline runs" in out
+    assert "train.lr" in out and "train.epochs" in out  # params that differ
+    assert "data.dataset" not in out  # params that don't
+    for run in history.runs("epochs", "pipeline") + history.runs("lr", "pipeline"):
+        assert run.info.run_id in out
+        assert run.data.tags["dvc_exp_name"] in out
+
+
+@pytest.mark.slow
+def test_queued_experiments_land_in_the_workspace_store(tmp_path):
+    if not FMNIST_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is missing")
+    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    before = len(all_runs(repo))
+    for lr in ("0.002", "0.004", "0.008"):
+        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}")
+    dvc(repo, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("queued experiments did not finish")
+    assert status.count("Success") == 3, status
+    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    for name in names:
+        assert "database is locked" not in dvc(repo, "queue", "logs", name).stdout
+    runs = all_runs(repo)[before:]
+    pipelines = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    assert len(pipelines) == 3
+    assert len({r.data.tags["dvc_exp_name"] for r in pipelines}) == 3
+    trained = sorted(r.data.params["train.lr"] for r in runs if r.data.tags["stage"] == "train")
+    assert trained == ["0.002", "0.004", "0.008"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not (repo / ".dvc" / "tmp" / "exps" / "mlruns").exists()

@@ -9,7 +9,7 @@ from imgclf.cli import run_stage
 from imgclf.data import channel_stats, load_meta, load_split, stratified_split
 from imgclf.datasets import DATASETS
 
-from .conftest import runs_of, write_cifar_archive
+from .conftest import PREPROCESS_ARGS, runs_of, write_cifar_archive
 
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():
@@ -58,7 +58,7 @@ def test_stage_writes_weights_only_splits_and_logs(processed, client):
 
 def test_limits_take_stratified_subsets(processed, set_params, project):
     set_params(data__train_limit=100, data__test_limit=50)
-    assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/processed"]) == 0
+    assert run_stage(preprocess.main, PREPROCESS_ARGS) == 0
     meta = load_meta(processed)
     assert sum(meta.counts["train"]) + sum(meta.counts["val"]) == 100
     assert meta.counts["test"] == [5] * 10
@@ -66,7 +66,8 @@ def test_limits_take_stratified_subsets(processed, set_params, project):
 
 def test_raw_folder_of_another_dataset_is_refused(processed, set_params, project, capsys):
     set_params(data__dataset="mnist")
-    assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/out2"]) == 2
+    assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/out2",
+                                       "--metrics", "reports/p.json"]) == 2
     assert "holds fashion-mnist but data.dataset is mnist" in capsys.readouterr().err
     assert not (project / "data/out2").exists()
 

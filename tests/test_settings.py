@@ -8,7 +8,7 @@ from imgclf import download, preprocess, train
 from imgclf.cli import run_stage
 from imgclf.settings import Settings, SettingsError, load_settings, parse_settings
 
-from .conftest import REPO, repo_params, runs_of
+from .conftest import DOWNLOAD_ARGS, PREPROCESS_ARGS, REPO, repo_params, runs_of
 
 
 def test_repository_params_are_valid():
@@ -96,8 +96,8 @@ def test_missing_file(tmp_path):
 def test_stage_refuses_bad_params_before_any_work(project, set_params, client, capsys, stage):
     set_params(train__lr=-1)
     argv = {
-        download: ["--out", "data/raw"],
-        preprocess: ["--raw", "data/raw", "--out", "data/processed"],
+        download: DOWNLOAD_ARGS,
+        preprocess: PREPROCESS_ARGS,
         train: ["--data", "data/processed", "--model", "models/model.pt", "--metrics",
                 "reports/m.json", "--plots", "reports/h.csv"],
     }[stage]

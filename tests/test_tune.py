@@ -61,8 +61,10 @@ def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, 
     assert states(study) == [TrialState.COMPLETE] * 3
     assert study.trials[0].params == {"lr": 0.01, "batch_size": 32}  # the untuned baseline
     best = YAML(typ="safe").load((project / "reports/best_params.yaml").read_text())
-    assert best == {"train": study.best_params}
+    assert best["train"] == study.best_params
     metrics = json.loads((project / "reports/tune_metrics.json").read_text())
+    assert best["lineage"]["tune"] == metrics["mlflow_run_id"]
+    assert set(best["lineage"]) == {"download", "preprocess", "tune"}
     assert metrics["val"]["best_accuracy"] == study.best_value
     assert metrics["trials"] == {"complete": 3, "pruned": 0, "fail": 0, "running": 0}
 
@@ -239,7 +241,7 @@ def test_disabled_tuning_writes_params_yaml_values_through(tune_params, project,
     assert run_stage(tune.main, TUNE_ARGS) == 0
 
     best = YAML(typ="safe").load((project / "reports/best_params.yaml").read_text())
-    assert best == {"train": {"lr": 0.007, "batch_size": 48}}
+    assert best["train"] == {"lr": 0.007, "batch_size": 48}
     assert not (project / "optuna").exists()
     (parent,) = runs_of(client, "tune")
     assert parent.data.tags["tuning"] == "disabled"
@@ -262,7 +264,6 @@ def test_best_params_drive_training(tune_params, project, client):
 
 def test_bad_best_params_file_is_refused(tune_params, project, capsys):
     tune_params()
-    (project / "reports").mkdir()
     (project / "reports/best_params.yaml").write_text("train:\n  lr: -1\n  batch_size: 32\n")
     assert run_stage(train.main, [*TRAIN_ARGS, "--best-params",
                                   "reports/best_params.yaml"]) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,6 +53,8 @@ class Meta:
     mean: list[float]
     std: list[float]
     counts: dict[str, list[int]]
+    data_version: str = ""
+    lineage: dict[str, str] = field(default_factory=dict)
 
 
 def stratified_split(labels: torch.Tensor, first: int | float, seed: int

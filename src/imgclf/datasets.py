@@ -97,6 +97,16 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def data_version(spec: DatasetSpec) -> str:
+    """A short id of the dataset's published content: the MD5 of its files' published MD5s.
+
+    The same for every verified copy (upstream or a re-packed mirror), and different for any
+    other release of the files.
+    """
+    listing = "\n".join(f"{file.name} {file.payload_md5 or file.md5}" for file in spec.files)
+    return hashlib.md5(listing.encode(), usedforsecurity=False).hexdigest()
+
+
 def md5sum(path: Path, *, decompress: bool = False) -> str:
     """MD5 of a file's bytes, or of its gzip payload with ``decompress=True``."""
     digest = hashlib.md5(usedforsecurity=False)

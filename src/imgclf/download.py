@@ -4,7 +4,8 @@ Sources are tried in order: the local mirror folders from ``download.mirrors``, 
 upstream URLs. A file is accepted only once its checksum matches; a file that fails is never
 kept and the next source is tried.
 
-    python -m imgclf.download --params params.yaml --out data/raw
+    python -m imgclf.download --params params.yaml --out data/raw \\
+        --metrics reports/download_metrics.json
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from imgclf import tracking
 from imgclf.cli import run_stage
-from imgclf.datasets import DATASETS, DataError, DataFile, DatasetSpec, verify
+from imgclf.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
 from imgclf.files import write_json
 from imgclf.settings import load_settings
 
@@ -125,16 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="folder for the verified files")
+    parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
     spec = DATASETS[settings.data.dataset]
     mirrors = mirror_dirs(settings.download.mirrors, spec.name)
-    with tracking.stage_run("download", settings) as run:
+    version = data_version(spec)
+    with tracking.stage_run("download", settings, data_version=version) as run:
         files = download(spec, mirrors, settings.download.online, settings.download.timeout_s,
                          args.out)
-        manifest = {"dataset": spec.name, "files": [asdict(file) for file in files]}
+        manifest = {"dataset": spec.name, "data_version": version, "lineage": run.lineage,
+                    "files": [asdict(file) for file in files]}
         write_json(args.out / "manifest.json", manifest)
+        write_json(args.metrics, {"files": len(files),
+                                  "bytes": sum(file.size for file in files),
+                                  "mlflow_run_id": run.run_id})
         run.log_params({"dataset": spec.name,
                         **{f"source/{file.name}": file.source for file in files},
                         **{f"md5/{file.name}": file.md5 for file in files}})

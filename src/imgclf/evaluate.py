@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(args.data, "test")
     classes = arch.classes
 
-    with tracking.stage_run("evaluate", settings) as run:
-        if train_run := info.get("mlflow_run_id"):
-            run.set_tags({"train_run_id": train_run})
+    with tracking.stage_run("evaluate", settings, upstream=info.get("lineage"),
+                            data_version=info.get("data_version"),
+                            deps=[args.data, args.model]) as run:
         report = evaluate(model, test, len(classes), settings.evaluate.batch_size)
         per_class = {name: {"precision": p, "recall": r}
                      for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
@@ -113,11 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         run.log_dict(per_class, "per_class.json")
         write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
         write_json(args.per_class, per_class)
-        write_json(args.metrics, {
-            "test": {"accuracy": report.accuracy, "loss": report.loss,
-                     "macro_f1": report.macro_f1},
-            "mlflow_run_id": run.run_id,
-        })
+        scores = {"test/accuracy": report.accuracy, "test/loss": report.loss,
+                  "test/macro_f1": report.macro_f1}
+        train_metrics = tracking.run_metrics(info.get("mlflow_run_id", ""))
+        run.log_to_pipeline(metrics={
+            **scores, **{k: v for k, v in train_metrics.items() if k == "val/best_accuracy"}})
+        summary = {"test": {"accuracy": report.accuracy, "loss": report.loss,
+                            "macro_f1": report.macro_f1},
+                   "mlflow_run_id": run.run_id}
+        name = settings.evaluate.model_name(settings.data.dataset)
+        if name and "mlflow_model_uri" in info:
+            registered = tracking.register_model(
+                name, info["mlflow_model_uri"], scores, settings.evaluate.champion_metric,
+                tags={"data_version": info.get("data_version", ""),
+                      "git_commit": run.tags.get("git_commit", ""),
+                      "train_run_id": info.get("mlflow_run_id", ""),
+                      "evaluate_run_id": run.run_id})
+            run.set_tags({"registered_model": name, "model_version": registered.version,
+                          "champion": str(registered.champion).lower()})
+            summary["model_version"] = int(registered.version)
+            summary["champion"] = registered.champion
+            print(f"registered {name} version {registered.version}"
+                  + (" (champion)" if registered.champion else ""))
+        write_json(args.metrics, summary)
         print(f"test accuracy {report.accuracy:.4f}, loss {report.loss:.4f}, "
               f"macro F1 {report.macro_f1:.4f} (MLflow run {run.run_id})")
     return 0

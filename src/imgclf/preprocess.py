@@ -3,13 +3,15 @@
 The validation split is seeded and stratified by class; the per-channel mean and std come
 from the training split only, so nothing about validation or test leaks into training.
 
-    python -m imgclf.preprocess --params params.yaml --raw data/raw --out data/processed
+    python -m imgclf.preprocess --params params.yaml --raw data/raw --out data/processed \\
+        --metrics reports/preprocess_metrics.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from imgclf import tracking
 from imgclf.cli import run_stage
 from imgclf.data import Meta, Split, channel_stats, save_splits, stratified_split
 from imgclf.datasets import DATASETS, DataError, DatasetSpec, read_raw
+from imgclf.files import write_json
 from imgclf.settings import DataSettings, load_settings
 
 SAMPLES_PER_CLASS = 8
@@ -68,15 +71,18 @@ def sample_grid(split: Split, classes: list[str], per_class: int = SAMPLES_PER_C
     return figure
 
 
-def _check_manifest(raw_dir: Path, dataset: str) -> None:
+def read_manifest(raw_dir: Path, dataset: str) -> dict:
+    """The download stage's manifest, checked to describe ``dataset``."""
     try:
-        found = json.loads((raw_dir / "manifest.json").read_text())["dataset"]
+        manifest = json.loads((raw_dir / "manifest.json").read_text())
+        found = manifest["dataset"]
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"{raw_dir}: no download manifest; run the download stage first "
                         "(dvc repro download)") from None
     if found != dataset:
         raise DataError(f"{raw_dir} holds {found} but data.dataset is {dataset}; "
                         "rerun the download stage (dvc repro)")
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,14 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True, help="folder from the download stage")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splits")
+    parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
     spec = DATASETS[settings.data.dataset]
-    _check_manifest(args.raw, spec.name)
-    with tracking.stage_run("preprocess", settings) as run:
+    manifest = read_manifest(args.raw, spec.name)
+    with tracking.stage_run("preprocess", settings, upstream=manifest.get("lineage"),
+                            data_version=manifest.get("data_version"), deps=[args.raw]) as run:
         splits, meta = preprocess(args.raw, spec, settings.data)
+        meta = replace(meta, data_version=manifest.get("data_version", ""),
+                       lineage=run.lineage)
         save_splits(args.out, splits, meta)
+        write_json(args.metrics, {**{f"{name}_size": len(split)
+                                     for name, split in splits.items()},
+                                  "mlflow_run_id": run.run_id})
         run.log_params({"mean": meta.mean, "std": meta.std,
                         **{f"{name}_size": len(split) for name, split in splits.items()}})
         run.log_dict({name: dict(zip(meta.classes, counts, strict=True))

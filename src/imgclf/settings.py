@@ -157,9 +157,17 @@ class TuneSettings(_Section):
 
 
 class EvaluateSettings(_Section):
-    """Test-set evaluation."""
+    """Test-set evaluation and the Model Registry."""
 
     batch_size: int = Field(ge=1, le=65536)
+    registered_model: str | None = Field(pattern=r"^[A-Za-z0-9{][A-Za-z0-9_.{}-]{0,199}$")
+    champion_metric: Literal["test/accuracy", "test/macro_f1", "test/loss"]
+
+    def model_name(self, dataset: str) -> str | None:
+        """``registered_model`` with ``{dataset}`` filled in (``None``: do not register)."""
+        if self.registered_model is None:
+            return None
+        return self.registered_model.replace("{dataset}", dataset)
 
 
 class TrackingSettings(_Section):
@@ -289,3 +297,12 @@ def apply_best_params(settings: Settings, path: str | Path) -> Settings:
     merged = settings.model_dump()
     merged["train"].update(best)
     return parse_settings(merged, str(path))
+
+
+def read_lineage(path: str | Path) -> dict[str, str]:
+    """The ``lineage`` map (stage -> MLflow run id) of a file written by an earlier stage."""
+    try:
+        lineage = YAML(typ="safe", pure=True).load(Path(path).read_text())["lineage"]
+    except (OSError, YAMLError, KeyError, TypeError):
+        return {}
+    return {str(k): str(v) for k, v in lineage.items()} if isinstance(lineage, dict) else {}

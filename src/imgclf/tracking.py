@@ -15,8 +15,8 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from imgclf.errors import Terminated, UserError
 from imgclf.files import project_root
@@ -196,6 +198,27 @@ class StageRun:
 
     run_id: str
     experiment_id: str
+    stage: str = ""
+    pipeline_run_id: str | None = None
+    upstream: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """Run ids of this stage and of every stage upstream: stored in the outputs."""
+        return {**self.upstream, self.stage: self.run_id}
+
+    def log_to_pipeline(self, metrics: Mapping[str, float] | None = None,
+                        params: Mapping[str, Any] | None = None) -> None:
+        """Summarise on the pipeline run (when DVC runs the stage) so runs compare at a glance."""
+        if self.pipeline_run_id is None:
+            return
+        pipeline = StageRun(self.pipeline_run_id, self.experiment_id)
+        if metrics:
+            pipeline.log_metrics(metrics)
+        if params:
+            existing = self._client.get_run(self.pipeline_run_id).data.params
+            pipeline.log_params({k: v for k, v in params.items() if k not in existing})
 
     @property
     def _client(self) -> MlflowClient:
@@ -247,18 +270,41 @@ class StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, settings: Settings, root: Path | None = None) -> Iterator[StageRun]:
+def stage_run(
+    stage: str,
+    settings: Settings,
+    *,
+    upstream: Mapping[str, str] | None = None,
+    data_version: str | None = None,
+    deps: Sequence[str | Path] = (),
+    declared: Settings | None = None,
+    root: Path | None = None,
+) -> Iterator[StageRun]:
     """Open the MLflow run of one stage, nested under the pipeline run when DVC runs it.
+
+    ``upstream`` maps earlier stages to the runs that produced this stage's inputs (read from
+    those inputs); they become ``lineage.<stage>`` tags, and on the pipeline run ``run.<stage>``
+    tags link every stage, including the ones DVC skipped because their outputs were cached.
+    ``deps`` are input paths whose hashes are copied from ``dvc.lock``. ``declared`` is
+    params.yaml as written, when the stage runs with some values replaced (train's tuned ones);
+    the pipeline run records it, the stage run records ``settings``.
 
     The run ends FINISHED on success, FAILED with an ``error`` tag on an exception, and
     KILLED on Ctrl-C or SIGTERM.
     """
+    upstream = dict(upstream or {})
     experiment_id = connect(settings.tracking.experiment, root)
     client = MlflowClient()
-    parent = _pipeline_run(client, experiment_id, settings)
+    parent = _pipeline_run(client, experiment_id, declared or settings)
     tags = run_tags(stage, settings)
+    tags |= {f"lineage.{name}": run_id for name, run_id in upstream.items()}
+    tags |= {f"dvc.md5/{path}": md5 for path, md5 in dvc_lock_hashes(deps).items()}
+    if data_version:
+        tags["data_version"] = data_version
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
                            tags=tags)
+    if parent:
+        _link_pipeline(client, parent, stage, run.info.run_id, upstream, data_version)
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_terminated)
@@ -266,7 +312,7 @@ def stage_run(stage: str, settings: Settings, root: Path | None = None) -> Itera
     try:
         if sections := STAGE_SECTIONS.get(stage):
             mlflow.log_params(flatten(settings, sections))
-        yield StageRun(run.info.run_id, experiment_id)
+        yield StageRun(run.info.run_id, experiment_id, stage, parent, upstream, tags)
         status = RunStatus.to_string(RunStatus.FINISHED)
     except (KeyboardInterrupt, Terminated):
         status = RunStatus.to_string(RunStatus.KILLED)
@@ -280,6 +326,35 @@ def stage_run(stage: str, settings: Settings, root: Path | None = None) -> Itera
         mlflow.end_run(status)
         if parent:
             client.set_terminated(parent, status)
+
+
+def _link_pipeline(client: MlflowClient, pipeline: str, stage: str, run_id: str,
+                   upstream: Mapping[str, str], data_version: str | None) -> None:
+    """Tag the pipeline run with this stage's run and the cached runs it builds on."""
+    existing = client.get_run(pipeline).data.tags
+    tags = {f"run.{stage}": run_id}
+    for name, upstream_id in upstream.items():
+        if f"run.{name}" not in existing:  # DVC skipped that stage: its outputs were cached
+            tags |= {f"run.{name}": upstream_id, f"reused.{name}": "true"}
+    if data_version:
+        tags["data_version"] = data_version
+    client.log_batch(pipeline, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+def dvc_lock_hashes(paths: Sequence[str | Path], lock: Path = Path("dvc.lock")
+                    ) -> dict[str, str]:
+    """The MD5s ``dvc.lock`` records for the given paths (outputs of earlier stages)."""
+    wanted = {Path(path).as_posix().rstrip("/") for path in paths}
+    try:
+        stages = YAML(typ="safe", pure=True).load(lock.read_text()).get("stages", {})
+    except (OSError, YAMLError, AttributeError):
+        return {}
+    found = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") in wanted and "md5" in out:
+                found[out["path"]] = out["md5"]
+    return found
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -332,3 +407,85 @@ def close_orphaned_run(run_id: str, reason: str) -> None:
     if run.info.status == "RUNNING":
         client.set_tag(run_id, "error", reason[:ERROR_TAG_LIMIT])
         client.set_terminated(run_id, "KILLED")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a model landed in the Model Registry."""
+
+    name: str
+    version: str
+    champion: bool
+
+
+CHAMPION = "champion"
+
+
+def register_model(
+    name: str,
+    model_uri: str,
+    scores: Mapping[str, float],
+    metric: str,
+    tags: Mapping[str, str],
+    root: Path | None = None,
+) -> Registration:
+    """Register ``model_uri`` as a version of ``name``; move ``champion`` to it if it wins.
+
+    The model's test ``scores`` become version tags. The ``champion`` alias moves only when
+    the new version beats the current champion on ``metric`` (lower is better for a loss).
+    Registering the same model again reuses its version.
+    """
+    client = MlflowClient()
+    lower_is_better = metric.endswith("loss")
+    default_store = "MLFLOW_TRACKING_URI" not in os.environ
+    # one process at a time may compare and move the alias (queued experiments)
+    with _default_store(root or project_root()) if default_store else contextlib.nullcontext():
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="Trained by the imgclf pipeline")
+        same = [v for v in client.search_model_versions(f"name = '{name}'")
+                if v.source == model_uri]
+        version = same[0] if same else mlflow.register_model(model_uri, name, tags=dict(tags))
+        for key, value in {**tags, **{k: str(v) for k, v in scores.items()}}.items():
+            client.set_model_version_tag(name, version.version, key, value)
+        try:
+            current = client.get_model_version_by_alias(name, CHAMPION)
+            best = float(current.tags[metric])
+        except (MlflowException, KeyError, ValueError):
+            current, best = None, None
+        new = scores[metric]
+        wins = best is None or (new < best if lower_is_better else new > best)
+        if wins and (current is None or current.version != version.version):
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+    is_champion = wins or (current is not None and current.version == version.version)
+    return Registration(name, str(version.version), is_champion)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric of a run (empty if the run is unknown)."""
+    try:
+        return dict(MlflowClient().get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
+
+
+def champion_uri(name: str) -> str:
+    """``models:/<name>@champion``, after checking that the alias exists."""
+    try:
+        MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        raise TrackingError(f"registered model {name!r} has no '{CHAMPION}' version yet; "
+                            "run the pipeline first (make run)") from None
+    return f"models:/{name}@{CHAMPION}"
+
+
+def pipeline_runs(experiment: str, limit: int) -> list[dict[str, Any]]:
+    """The latest ``limit`` pipeline runs as plain dicts: id, DVC experiment, params, metrics."""
+    experiment_id = connect(experiment)
+    runs = MlflowClient().search_runs([experiment_id], "tags.stage = 'pipeline'",
+                                      order_by=["attributes.start_time DESC"],
+                                      max_results=limit)
+    return [{"run_id": run.info.run_id, "experiment": run.data.tags.get("dvc_exp_name"),
+             "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+            for run in runs]

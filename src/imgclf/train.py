@@ -21,7 +21,7 @@ from imgclf.cli import run_stage
 from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
 from imgclf.files import write_json, write_text
-from imgclf.settings import TrainSettings, apply_best_params, load_settings
+from imgclf.settings import TrainSettings, apply_best_params, load_settings, read_lineage
 
 INPUT_EXAMPLE_SIZE = 4
 
@@ -79,15 +79,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the tune stage's file; its train.lr and train.batch_size win")
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.params)
+    declared = settings = load_settings(args.params)
+    upstream: dict[str, str] = {}
     if args.best_params:
-        settings = apply_best_params(settings, args.best_params)
+        settings = apply_best_params(declared, args.best_params)
+        upstream = read_lineage(args.best_params)
     recipe = settings.train
     meta = load_meta(args.data)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
     resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
 
-    with tracking.stage_run("train", settings) as run:
+    deps = [args.data, *([args.best_params] if args.best_params else [])]
+    with tracking.stage_run("train", settings, upstream={**meta.lineage, **upstream},
+                            data_version=meta.data_version, deps=deps,
+                            declared=declared) as run:
         run.log_params({"train_size": len(train_split), "val_size": len(val_split),
                         "hyperparams_from": str(args.best_params or args.params)})
         result = train(train_split, val_split, meta, recipe,
@@ -98,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
                                   .float().div(255).numpy())
         save_model(args.model, result.model, architecture(recipe, meta),
-                   {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri})
+                   {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri,
+                    "data_version": meta.data_version, "lineage": run.lineage})
+        run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy},
+                            params={"tuned/lr": recipe.lr,
+                                    "tuned/batch_size": recipe.batch_size})
         write_text(args.plots, history_csv(result.history))
         write_json(args.metrics, summary(result, run.run_id))
         print(f"best epoch {result.best_epoch}: val accuracy {best.val_accuracy:.4f} "

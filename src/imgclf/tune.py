@@ -214,9 +214,11 @@ def log_plots(run: tracking.StageRun, study: optuna.Study) -> None:
         plt.close(figure)
 
 
-def best_params_yaml(lr: float, batch_size: int, source: str) -> str:
+def best_params_yaml(lr: float, batch_size: int, source: str, lineage: dict[str, str]) -> str:
+    """The file the train stage reads: the winning values and the runs behind them."""
+    runs = "".join(f"  {stage}: {run_id}\n" for stage, run_id in lineage.items())
     return (f"# Written by the tune stage ({source}); train reads it.\n"
-            f"train:\n  lr: {lr!r}\n  batch_size: {batch_size}\n")
+            f"train:\n  lr: {lr!r}\n  batch_size: {batch_size}\nlineage:\n{runs}")
 
 
 def tune(settings: Settings, data_dir: Path, root: Path, run: tracking.StageRun
@@ -273,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
-    load_meta(args.data)  # fail on missing inputs before a run is opened
+    meta = load_meta(args.data)  # fail on missing inputs before a run is opened
     root = project_root()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
-    with tracking.stage_run("tune", settings) as run:
+    with tracking.stage_run("tune", settings, upstream=meta.lineage,
+                            data_version=meta.data_version, deps=[args.data]) as run:
         if settings.tune.enabled:
             best, summary = tune(settings, args.data.resolve(), root, run)
             source = f"best of study {summary['study']}"
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             source = "tuning disabled: train.lr and train.batch_size from params.yaml"
             run.set_tags({"tuning": "disabled"})
         summary["mlflow_run_id"] = run.run_id
-        write_text(args.best, best_params_yaml(best["lr"], best["batch_size"], source))
+        write_text(args.best, best_params_yaml(best["lr"], best["batch_size"], source,
+                                               run.lineage))
         write_json(args.metrics, summary)
         print(f"lr {best['lr']:.6g}, batch size {best['batch_size']} ({source})")
     return 0

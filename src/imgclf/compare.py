@@ -1,0 +1,66 @@
+"""Leaderboard of the latest pipeline runs, for people who live in the terminal.
+
+    imgclf-compare [-n 10] [--sort test/accuracy]
+
+One row per ``dvc repro`` / ``dvc exp run``: the DVC experiment, the params that differ
+between the listed runs, validation and test accuracy, and the MLflow run id to look up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from imgclf import tracking
+from imgclf.cli import run_stage
+from imgclf.settings import load_settings
+
+METRICS = ("val/best_accuracy", "test/accuracy")
+
+
+def leaderboard(runs: list[dict], sort: str) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows: params that differ between ``runs``, the metrics and ids."""
+    keys = sorted({key for run in runs for key in run["params"]})
+    differing = [key for key in keys
+                 if len({run["params"].get(key) for run in runs}) > 1]
+    ordered = sorted(runs, key=lambda run: run["metrics"].get(sort, float("-inf")),
+                     reverse=not sort.endswith("loss"))
+    columns = ["run", "experiment", *differing, *METRICS]
+    rows = []
+    for run in ordered:
+        rows.append([
+            run["run_id"], run["experiment"] or "-",
+            *[str(run["params"].get(key, "-")) for key in differing],
+            *[f"{run['metrics'][m]:.4f}" if m in run["metrics"] else "-" for m in METRICS],
+        ])
+    return columns, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("-n", "--last", type=int, default=10, help="how many pipeline runs")
+    parser.add_argument("--sort", default="test/accuracy", help="metric to rank by")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.params)
+    runs = tracking.pipeline_runs(settings.tracking.experiment, args.last)
+    if not runs:
+        print("no pipeline runs yet: run the pipeline (make run, dvc exp run)")
+        return 0
+    columns, rows = leaderboard(runs, args.sort)
+    table = Table(title=f"last {len(runs)} pipeline runs of '{settings.tracking.experiment}'")
+    for column in columns:
+        table.add_column(column, no_wrap=column == "run")
+    for row in rows:
+        table.add_row(*row)
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
+    Console(width=max(80, sum(width + 3 for width in widths) + 1)).print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

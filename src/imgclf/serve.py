@@ -1,0 +1,55 @@
+"""Serve the registry's champion model over HTTP with ``mlflow models serve``.
+
+    python -m imgclf.serve [--host 127.0.0.1] [--port 5001]
+
+The model is loaded from MLflow's pickle-free ``pt2`` format in the current environment
+(``--env-manager local``). Requests are MLflow's scoring protocol: POST ``/invocations`` with
+``{"inputs": [[[[...]]]]}``, images as floats in [0, 1], shaped N x C x H x W.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from imgclf import tracking
+from imgclf.cli import run_stage
+from imgclf.errors import UserError
+from imgclf.settings import load_settings
+
+BIN = Path(sys.executable).parent
+
+
+def serve_command(model_uri: str, host: str, port: int) -> list[str]:
+    """The ``mlflow models serve`` command line for ``model_uri``."""
+    return [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", host, "--port", str(port)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=5001)
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.params)
+    name = settings.evaluate.model_name(settings.data.dataset)
+    if name is None:
+        raise UserError("evaluate.registered_model is null: no model is registered to serve")
+    tracking.connect(settings.tracking.experiment)
+    model_uri = tracking.champion_uri(name)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
+    # mlflow starts its web server (uvicorn) from PATH: use this environment's
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    command = serve_command(model_uri, args.host, args.port)
+    print(f"serving {model_uri} at http://{args.host}:{args.port}/invocations", flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))
