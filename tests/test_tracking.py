@@ -70,3 +70,48 @@ def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):
     with pytest.raises(tracking.TrackingError, match=uri), tracking.stage_run("train", settings):
         pytest.fail("the stage body must not run")
     assert time.monotonic() - started < 30
+
+
+def logged_model(settings) -> str:
+    """A real (tiny) model logged the way the train stage logs it."""
+    import numpy as np
+
+    from imgclf.models import build_model
+
+    with tracking.stage_run("train", settings) as run:
+        model = build_model("mlp", (1, 28, 28), 10, 2, [0.5], [0.5])
+        return run.log_model(model, np.zeros((2, 1, 28, 28), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("metric", "values", "champions"), [
+    ("test/accuracy", [0.80, 0.70, 0.90], ["1", "1", "3"]),
+    ("test/loss", [0.50, 0.60, 0.40], ["1", "1", "3"]),
+])
+def test_champion_moves_only_to_a_better_model(project, client, metric, values, champions):
+    settings = load_settings(project / "params.yaml")
+    for value, champion in zip(values, champions, strict=True):
+        uri = logged_model(settings)
+        registered = tracking.register_model("clf", uri, {metric: value}, metric,
+                                             {"data_version": "d1"})
+        current = client.get_model_version_by_alias("clf", "champion")
+        assert str(current.version) == champion
+        assert registered.champion == (registered.version == champion)
+        assert client.get_model_version("clf", registered.version).tags[metric] == str(value)
+    # registering the same model again reuses its version
+    again = tracking.register_model("clf", uri, {metric: values[-1]}, metric, {})
+    assert again.version == "3"
+    assert len(client.search_model_versions("name = 'clf'")) == 3
+
+
+def test_champion_uri_needs_a_champion(project, client):
+    with pytest.raises(tracking.TrackingError, match="no 'champion' version yet"):
+        tracking.champion_uri("nothing-registered")
+
+
+def test_dvc_lock_hashes(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  preprocess:\n    outs:\n"
+                    "    - path: data/processed\n      md5: abc.dir\n      size: 1\n")
+    assert tracking.dvc_lock_hashes(["data/processed/", "models/model.pt"], lock) == {
+        "data/processed": "abc.dir"}
+    assert tracking.dvc_lock_hashes(["x"], tmp_path / "missing.lock") == {}

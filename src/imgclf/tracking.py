@@ -446,20 +446,20 @@ def register_model(
             client.create_registered_model(name, description="Trained by the imgclf pipeline")
         same = [v for v in client.search_model_versions(f"name = '{name}'")
                 if v.source == model_uri]
-        version = same[0] if same else mlflow.register_model(model_uri, name, tags=dict(tags))
+        found = same[0] if same else mlflow.register_model(model_uri, name, tags=dict(tags))
+        version = str(found.version)
         for key, value in {**tags, **{k: str(v) for k, v in scores.items()}}.items():
-            client.set_model_version_tag(name, version.version, key, value)
+            client.set_model_version_tag(name, version, key, value)
         try:
             current = client.get_model_version_by_alias(name, CHAMPION)
-            best = float(current.tags[metric])
+            champion, best = str(current.version), float(current.tags[metric])
         except (MlflowException, KeyError, ValueError):
-            current, best = None, None
+            champion, best = None, None
         new = scores[metric]
-        wins = best is None or (new < best if lower_is_better else new > best)
-        if wins and (current is None or current.version != version.version):
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-    is_champion = wins or (current is not None and current.version == version.version)
-    return Registration(name, str(version.version), is_champion)
+        if best is None or (new < best if lower_is_better else new > best):
+            client.set_registered_model_alias(name, CHAMPION, version)
+            champion = version
+    return Registration(name, version, champion == version)
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
