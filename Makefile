@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro test test-fast lint ui serve compare clean
+.PHONY: help setup data run repro test test-fast lint bench ui serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test: setup ## run the test suite
 
 test-fast: setup ## the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~20 min)
+	$(BIN)/python bench/run.py
 
 lint: setup ## ruff
 	$(BIN)/ruff check src tests

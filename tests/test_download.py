@@ -130,3 +130,35 @@ def test_debian_package_is_the_default_mirror(project, set_params):
     manifest = json.loads((project / "data/raw/manifest.json").read_text())
     assert {f["check"] for f in manifest["files"]} <= {"md5", "payload-md5"}
     assert all(f["source"].startswith(str(FMNIST_DIR)) for f in manifest["files"])
+
+
+def test_corrupt_file_already_in_the_output_is_replaced(project, set_params, tiny_mirror):
+    set_params(download__mirrors=[str(tiny_mirror)])
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    name = "train-images-idx3-ubyte.gz"
+    (raw / name).write_bytes(b"corrupt leftovers")
+
+    assert run_download() == 0
+
+    assert (raw / name).read_bytes() == (tiny_mirror / name).read_bytes()
+    manifest = json.loads((raw / "manifest.json").read_text())
+    assert next(f for f in manifest["files"] if f["name"] == name)["source"] == str(
+        tiny_mirror / name)
+
+
+def test_verified_file_already_in_the_output_is_kept(project, set_params, tiny_mirror):
+    set_params(download__mirrors=[str(tiny_mirror)])
+    assert run_download() == 0
+    set_params(download__mirrors=[])  # no source at all: the verified copies suffice
+    assert run_download() == 0
+
+
+def test_another_datasets_files_are_rejected(project, set_params, tiny_mirror, tmp_path,
+                                             capsys):
+    impostor = tmp_path / "impostor"
+    write_idx_dataset(impostor, seed=7)  # same names and format, other images
+    set_params(download__mirrors=[str(impostor)])
+    assert run_download() == 2
+    assert "MD5 mismatch" in capsys.readouterr().err
+    assert not list((project / "data/raw").glob("*.gz"))

@@ -401,3 +401,29 @@ def test_queued_experiments_land_in_the_workspace_store(tmp_path):
     assert trained == ["0.002", "0.004", "0.008"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert not (repo / ".dvc" / "tmp" / "exps" / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_second_concurrent_repro_is_refused_by_dvcs_lock(tmp_path):
+    if not FMNIST_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is missing")
+    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT") and not k.startswith("PYTEST")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    dvc_bin = str(Path(sys.executable).parent / "dvc")
+    first = subprocess.Popen([dvc_bin, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (repo / ".dvc/tmp/rwlock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)
+    second = subprocess.run([dvc_bin, "repro"], cwd=repo, env=env, capture_output=True,
+                            text=True)
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    assert second.returncode != 0
+    assert "lock" in (second.stdout + second.stderr).lower()
+    # the first finished with outputs that match its dvc.lock
+    assert "Data and pipelines are up to date" in dvc(repo, "status").stdout + dvc(
+        repo, "repro").stdout
+    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.3

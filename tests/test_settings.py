@@ -1,14 +1,25 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from imgclf import download, preprocess, train
 from imgclf.cli import run_stage
 from imgclf.settings import Settings, SettingsError, load_settings, parse_settings
 
-from .conftest import DOWNLOAD_ARGS, PREPROCESS_ARGS, REPO, repo_params, runs_of
+from .conftest import (
+    DOWNLOAD_ARGS,
+    PREPROCESS_ARGS,
+    REPO,
+    TINY,
+    repo_params,
+    runs_of,
+    write_yaml,
+)
 
 
 def test_repository_params_are_valid():
@@ -111,3 +122,56 @@ def test_stage_refuses_bad_params_before_any_work(project, set_params, client, c
     assert "Traceback" not in err
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
     assert runs_of(client) == []
+
+
+# --- fuzzing ---------------------------------------------------------------------------------
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.lists(st.integers(-5, 300), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                st.integers(), max_size=2))
+
+
+@st.composite
+def mutated_params(draw):
+    """The repository's params with a few keys changed, removed or added."""
+    raw = repo_params(**TINY)
+    for _ in range(draw(st.integers(1, 3))):
+        section = draw(st.sampled_from([*raw, "extra", "ünïcødé"]))
+        action = draw(st.sampled_from(["set", "delete", "add", "replace-section"]))
+        keys = list(raw.get(section, {}) or {}) if isinstance(raw.get(section), dict) else []
+        if action == "replace-section":
+            raw[section] = draw(SCALARS)
+        elif action == "delete" and keys:
+            del raw[section][draw(st.sampled_from(keys))]
+        elif action == "set" and keys:
+            raw[section][draw(st.sampled_from(keys))] = draw(SCALARS)
+        elif isinstance(raw.get(section), dict):
+            raw[section][draw(st.text(min_size=1, max_size=8))] = draw(SCALARS)
+    return raw
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(raw=mutated_params())
+def test_fuzzed_params_give_a_clean_error_or_a_clean_run(project, tiny_mirror, client, raw,
+                                                         capsys):
+    for section in raw.values():  # the tiny mirror is the only source
+        if isinstance(section, dict) and "mirrors" in section:
+            section["mirrors"] = [str(tiny_mirror)]
+    write_yaml(project / "params.yaml", raw)
+    shutil.rmtree(project / "data", ignore_errors=True)
+    shutil.rmtree(project / "reports", ignore_errors=True)
+
+    code = run_stage(download.main, DOWNLOAD_ARGS)  # must never raise
+
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code == 0:
+        assert (project / "data/raw/manifest.json").is_file()
+    else:
+        assert code == 2 and err.startswith("error: ")
+        assert not (project / "data/raw/manifest.json").exists()
+        assert not (project / "reports/download_metrics.json").exists()
+    assert all(r.info.status != "RUNNING" for r in runs_of(client))

@@ -115,3 +115,52 @@ def test_dvc_lock_hashes(tmp_path):
     assert tracking.dvc_lock_hashes(["data/processed/", "models/model.pt"], lock) == {
         "data/processed": "abc.dir"}
     assert tracking.dvc_lock_hashes(["x"], tmp_path / "missing.lock") == {}
+
+
+def _log_many(uri: str, run_id: str, worker: int, n: int) -> None:
+    mlflow.set_tracking_uri(uri)
+    run = tracking.StageRun(run_id, "0")
+    for step in range(n):
+        run.log_metrics({f"worker{worker}": step}, step=step)
+
+
+@pytest.mark.slow
+def test_concurrent_writers_to_the_sqlite_store(project, client):
+    import multiprocessing
+
+    settings = load_settings(project / "params.yaml")
+    with tracking.stage_run("train", settings) as run:
+        run_id = run.run_id
+    uri = tracking.tracking_uri(project)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_log_many, args=(uri, run_id, i, 500)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]  # no "database is locked"
+    for i in range(4):
+        history = client.get_metric_history(run_id, f"worker{i}")
+        assert sorted(m.step for m in history) == list(range(500))
+
+
+def test_run_left_running_by_a_dead_process_is_closed_at_next_start(project, client):
+    settings = load_settings(project / "params.yaml")
+    experiment_id = tracking.connect("tests", project)
+    dead = client.create_run(experiment_id, tags={"stage": "train",
+                                                  "process": "somehost:1:1"}).info.run_id
+    dead_here = client.create_run(experiment_id, tags={
+        "stage": "train", "process": f"{socket.gethostname()}:999999999:1"}).info.run_id
+    with tracking.stage_run("evaluate", settings):
+        pass
+    assert client.get_run(dead_here).info.status == "KILLED"
+    assert client.get_run(dead).info.status == "RUNNING"  # another host: not ours to judge
+
+
+def test_passwords_never_reach_messages(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2@127.0.0.1:9")
+    settings = load_settings(project / "params.yaml")
+    with pytest.raises(tracking.TrackingError) as caught, tracking.stage_run("train", settings):
+        pass
+    assert "hunter2" not in str(caught.value)
+    assert "http://admin:***@127.0.0.1:9" in str(caught.value)

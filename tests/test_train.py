@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,7 +14,7 @@ import pytest
 import torch
 
 from imgclf import train
-from imgclf.checkpoint import load_model
+from imgclf.checkpoint import load_model, save_training_state
 from imgclf.cli import run_stage
 from imgclf.data import load_meta, load_split
 from imgclf.engine import DivergedError
@@ -114,3 +117,110 @@ def test_missing_cuda_is_a_clear_error(processed, project, set_params, capsys, m
     assert run_stage(train.main, TRAIN_ARGS) == 2
     assert "no CUDA device is available" in capsys.readouterr().err
     assert not (project / "models/model.pt").exists()
+
+
+def stage(project, *extra, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imgclf.train", *TRAIN_ARGS, *extra],
+                            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def wait_for_epoch(path, epoch, process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        if path.is_file() and torch.load(path, weights_only=True)["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"epoch {epoch} never checkpointed")
+
+
+def history_without_timing(project):
+    with open(project / "reports/train_history.csv") as handle:
+        return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "images_per_s")}
+                for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_result(processed, project, set_params, client):
+    set_params(download__mirrors=[], train__epochs=12)
+    checkpoint = project / "checkpoints/train.pt"
+
+    process = stage(project, "--checkpoint", str(checkpoint))
+    wait_for_epoch(checkpoint, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (project / "models/model.pt").exists()  # nothing half-written to cache
+    (killed,) = runs_of(client, "train")
+    assert killed.info.status == "RUNNING"
+
+    assert run_stage(train.main, [*TRAIN_ARGS, "--checkpoint", str(checkpoint)]) == 0
+    resumed_metrics = json.loads((project / "reports/train_metrics.json").read_text())
+    resumed_history = history_without_timing(project)
+    resumed_weights = torch.load(project / "models/model.pt", weights_only=True)["state_dict"]
+    assert not checkpoint.exists()  # finished: nothing left to resume
+
+    resumed_run, killed = runs_of(client, "train")
+    assert killed.info.status == "KILLED"  # closed at the next start
+    assert "without closing the run" in killed.data.tags["error"]
+    assert int(resumed_run.data.tags["resumed_after_epoch"]) >= 3
+    assert len(client.get_metric_history(resumed_run.info.run_id, "val/accuracy")) == 12
+
+    # an uninterrupted run of the same recipe ends identically
+    assert run_stage(train.main, TRAIN_ARGS) == 0
+    uninterrupted = json.loads((project / "reports/train_metrics.json").read_text())
+    for key in ("val", "best_epoch", "epochs"):
+        assert resumed_metrics[key] == uninterrupted[key]
+    assert resumed_history == history_without_timing(project)
+    weights = torch.load(project / "models/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(processed, project):
+    checkpoint = project / "checkpoints/train.pt"
+    save_training_state(checkpoint, "another-recipe", {"epoch": 1})
+    result = train.train(*core_inputs(processed, project), checkpoint=checkpoint)
+    assert [s.epoch for s in result.history] == [1, 2]
+    assert not checkpoint.exists()
+
+
+def test_malicious_training_state_is_never_unpickled(processed, project, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    checkpoint = project / "checkpoints/train.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(pickle.dumps({"key": Exploit()}))
+    result = train.train(*core_inputs(processed, project), checkpoint=checkpoint)
+    assert [s.epoch for s in result.history] == [1, 2]  # trained from scratch
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed(processed, project, set_params, client):
+    set_params(download__mirrors=[], train__epochs=200)
+    process = stage(project)
+    deadline = time.monotonic() + 60
+    while not runs_of(client, "train") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    (run,) = runs_of(client, "train")
+    assert run.info.status == "KILLED"
+    assert not (project / "models/model.pt").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_same_seed_identical_metrics(processed, project):
+    results = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "imgclf.train", *TRAIN_ARGS],
+                              cwd=project, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        results.append((json.loads((project / "reports/train_metrics.json").read_text())["val"],
+                        history_without_timing(project)))
+    assert results[0] == results[1]

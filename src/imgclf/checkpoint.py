@@ -6,6 +6,7 @@ and a file carrying code is refused instead of executed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from torch import nn
 from imgclf.errors import UserError
 from imgclf.files import load_tensors, save_tensors
 from imgclf.models import build_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,27 @@ def load_model(path: Path) -> tuple[nn.Module, Architecture, dict[str, str]]:
         raise UserError(f"{path}: not a model saved by the train stage ({exc}); "
                         "rerun training (dvc repro train)") from None
     return model.eval(), arch, dict(data.get("info", {}))
+
+
+def save_training_state(path: Path, key: str, state: dict) -> None:
+    """Atomically write the engine's per-epoch training state, labelled with ``key``."""
+    save_tensors(path, {"key": key, **state})
+
+
+def load_training_state(path: Path, key: str) -> dict | None:
+    """The state saved under ``key`` at ``path``, or ``None`` when there is nothing to resume.
+
+    A state saved for other settings or data is ignored. A file that is not a weights-only
+    tensor file is refused (never unpickled) and ignored, with a warning.
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = load_tensors(path)
+    except UserError as exc:
+        log.warning("not resuming: %s", exc)
+        return None
+    if state.get("key") != key:
+        log.info("not resuming: %s was saved for other settings or data", path)
+        return None
+    return state

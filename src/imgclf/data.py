@@ -130,7 +130,11 @@ def batches(
     generator: torch.Generator | None = None,
     augment: str = "none",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(float images in [0, 1], labels)`` batches; shuffled when given a generator."""
+    """Yield ``(float images in [0, 1], labels)`` batches; shuffled when given a generator.
+
+    Images come channels-last (NHWC in memory, NCHW in shape): oneDNN's and cuDNN's
+    convolutions run markedly faster on that layout.
+    """
     n = len(split)
     if generator is None:
         order = torch.arange(n, device=split.labels.device)
@@ -143,4 +147,4 @@ def batches(
             x = random_crop(x, max(1, x.shape[-1] // 8), generator)
         if generator is not None and augment in ("flip", "crop_flip"):
             x = random_flip(x, generator)
-        yield x, split.labels[index]
+        yield x.contiguous(memory_format=torch.channels_last), split.labels[index]

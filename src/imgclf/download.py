@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import urllib.error
@@ -24,6 +25,8 @@ from imgclf.cli import run_stage
 from imgclf.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
 from imgclf.files import write_json
 from imgclf.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,15 @@ def download(
     fetched, failures = [], []
     for expected in spec.files:
         dest = out_dir / expected.name
+        if dest.exists():
+            try:  # a verified copy from an earlier run is kept; anything else is replaced
+                check = verify(dest, expected)
+                fetched.append(FetchedFile(expected.name, str(dest), check,
+                                           dest.stat().st_size, expected.md5))
+                continue
+            except (OSError, DataError) as exc:
+                log.warning("%s is corrupt (%s): replacing it", dest, _why(exc))
+                dest.unlink()
         places = [str(folder / expected.name) for folder in mirrors]
         if online:
             places += [url + expected.name for url in spec.urls]

@@ -14,7 +14,8 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,13 +141,19 @@ def fit(
     *,
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` per ``recipe``; keep the weights of the epoch with the best val accuracy.
+
+    ``on_checkpoint`` receives the complete training state after every epoch (weights,
+    optimizer, schedule, random generators, history); passing such a state back as ``resume``
+    continues exactly where it stopped, so an interrupted run ends with the same result.
 
     Raises:
         DivergedError: the loss became NaN or infinite (learning rate too high).
     """
-    model.to(device)
+    model.to(device=device, memory_format=torch.channels_last)  # matches the batches' layout
     train, val = train.to(device), val.to(device)
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = make_optimizer(model, recipe)
@@ -155,8 +162,23 @@ def fit(
     result = FitResult(model)
     best_state, best_accuracy = None, -1.0
     show_bar = sys.stderr.isatty()
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if torch.cuda.is_available() and resume.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        result.history = [EpochStats(**stats) for stats in resume["history"]]
+        result.best_epoch, best_state = resume["best_epoch"], resume["best_state"]
+        best_accuracy = result.best.val_accuracy
+        first_epoch = resume["epoch"] + 1
+        log.info("resuming after epoch %d of %d", resume["epoch"], recipe.epochs)
 
-    for epoch in range(1, recipe.epochs + 1):
+    for epoch in range(first_epoch, recipe.epochs + 1):
         started = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -201,6 +223,16 @@ def fit(
                  stats.images_per_s)
         if on_epoch is not None:
             on_epoch(stats)
+        if on_checkpoint is not None:
+            on_checkpoint({
+                "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "history": [asdict(stats) for stats in result.history],
+                "best_epoch": result.best_epoch, "best_state": best_state,
+            })
 
     model.load_state_dict(best_state)
     model.eval()

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 
 import optuna
-import psutil
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from imgclf.processes import is_alive
 from imgclf.settings import TuneSettings
 
 STUDY_DIR = "optuna"
@@ -64,22 +63,6 @@ def open_storage(url: str) -> BaseStorage:
                       engine_kwargs={"pool_pre_ping": True})
 
 
-def worker_id() -> str:
-    """This process, uniquely: host, pid and start time (pids are reused)."""
-    me = psutil.Process()
-    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time() * 1000)}"
-
-
-def _alive(worker: str) -> bool:
-    host, pid, started = worker.rsplit(":", 2)
-    if host != socket.gethostname():
-        return True  # another machine's worker: the database heartbeat judges it
-    try:
-        return int(psutil.Process(int(pid)).create_time() * 1000) == int(started)
-    except (psutil.Error, ValueError):
-        return False
-
-
 def fail_orphaned_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Mark FAIL the RUNNING trials whose worker process on this machine has died.
 
@@ -88,7 +71,8 @@ def fail_orphaned_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     orphans = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
-        if worker is None or _alive(worker):
+        # another machine's worker counts as alive: the database heartbeat judges it
+        if worker is None or is_alive(worker):
             continue
         storage = study._storage
         storage.set_trial_user_attr(trial._trial_id, FAIL_ATTR,

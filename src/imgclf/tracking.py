@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -32,8 +33,10 @@ from ruamel.yaml.error import YAMLError
 
 from imgclf.errors import Terminated, UserError
 from imgclf.files import project_root
+from imgclf.processes import is_alive, process_id
 from imgclf.settings import Settings
 
+PROCESS_TAG = "process"
 STORE_DIR = "mlruns"
 STORE_DB = "mlflow.db"
 ERROR_TAG_LIMIT = 5000
@@ -51,6 +54,11 @@ STAGE_SECTIONS = {
 
 class TrackingError(UserError):
     """The tracking store cannot be reached or used."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` replaced by ``***``."""
+    return re.sub(r"(\w+://[^/\s:@]+:)[^@\s/]+@", r"\1***@", text)
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -107,7 +115,7 @@ def connect(experiment: str, root: Path | None = None) -> str:
     except (MlflowException, OSError, sqlite3.Error) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(
-            f"cannot use the MLflow tracking store at {uri}: {reason}. "
+            f"cannot use the MLflow tracking store at {redact(uri)}: {redact(reason)}. "
             "Start the server or fix MLFLOW_TRACKING_URI (unset it to use mlruns/mlflow.db)."
         ) from None
 
@@ -140,7 +148,7 @@ def _git(*args: str) -> str | None:
 
 def run_tags(stage: str, settings: Settings) -> dict[str, str]:
     """Tags that say where a run came from: stage, code version, dataset, DVC experiment."""
-    tags = {"stage": stage, "dataset": settings.data.dataset}
+    tags = {"stage": stage, "dataset": settings.data.dataset, PROCESS_TAG: process_id()}
     if commit := _git("rev-parse", "HEAD"):
         tags["git_commit"] = commit
         status = _git("status", "--porcelain", "--untracked-files=no")
@@ -182,7 +190,7 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    tags = run_tags("pipeline", settings) | {"pipeline_key": key}
+    tags = run_tags("pipeline", settings) | {"pipeline_key": key, PROCESS_TAG: process_id(proc)}
     name = f"pipeline {tags['dvc_exp_name']}" if "dvc_exp_name" in tags else "pipeline"
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[
@@ -254,7 +262,7 @@ class StageRun:
         """
         import torch
 
-        model = model.eval().cpu()
+        model = model.eval().to("cpu", memory_format=torch.contiguous_format)
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).numpy()
         info = mlflow.pytorch.log_model(
@@ -295,6 +303,7 @@ def stage_run(
     upstream = dict(upstream or {})
     experiment_id = connect(settings.tracking.experiment, root)
     client = MlflowClient()
+    close_orphaned_runs(client, experiment_id)
     parent = _pipeline_run(client, experiment_id, declared or settings)
     tags = run_tags(stage, settings)
     tags |= {f"lineage.{name}": run_id for name, run_id in upstream.items()}
@@ -379,7 +388,7 @@ def trial_run(
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=name, tags={
         **{key: str(value) for key, value in tags.items()},
-        "mlflow.parentRunId": parent_run_id})
+        "mlflow.parentRunId": parent_run_id, PROCESS_TAG: process_id()})
     handle = StageRun(run.info.run_id, experiment_id)
     handle.log_params(params)
     try:
@@ -395,6 +404,24 @@ def trial_run(
         raise
     handle.set_tags({"trial_state": "COMPLETE"})
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process on this machine that no longer exists.
+
+    A SIGKILL (or a power cut) gives a process no chance to close its run; the next stage
+    to start closes it, so no run stays RUNNING forever.
+    """
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        process = run.data.tags.get(PROCESS_TAG)
+        if process and not is_alive(process):
+            client.set_tag(run.info.run_id, "error",
+                           f"process {process} ended without closing the run (killed?)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def close_orphaned_run(run_id: str, reason: str) -> None:

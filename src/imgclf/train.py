@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from imgclf import tracking
-from imgclf.checkpoint import Architecture, save_model
+from imgclf.checkpoint import (
+    Architecture,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from imgclf.cli import run_stage
 from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
@@ -37,12 +45,31 @@ def train(
     meta: Meta,
     recipe: TrainSettings,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> FitResult:
-    """Build the network ``recipe`` names and train it; the core the tuner calls too."""
+    """Build the network ``recipe`` names and train it; the core the tuner calls too.
+
+    With a ``checkpoint`` path the training state is saved there after every epoch, and a
+    state left by an interrupted run of the same recipe on the same data is resumed.
+    """
     set_determinism(recipe.seed, recipe.threads)
     device = resolve_device(recipe.device)
     model = architecture(recipe, meta).build()
-    return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
+    if checkpoint is None:
+        return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
+    key = training_key(recipe, meta, len(train_split))
+    result = fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch,
+                 resume=load_training_state(checkpoint, key),
+                 on_checkpoint=lambda state: save_training_state(checkpoint, key, state))
+    checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    return result
+
+
+def training_key(recipe: TrainSettings, meta: Meta, train_size: int) -> str:
+    """Identifies a training run's inputs, so only the same run is ever resumed."""
+    inputs = {"recipe": recipe.model_dump(mode="json", exclude={"device"}),
+              "meta": asdict(meta) | {"lineage": None}, "train_size": train_size}
+    return hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def history_csv(history: list[EpochStats]) -> str:
@@ -77,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path, required=True, help="output per-epoch CSV")
     parser.add_argument("--best-params", type=Path,
                         help="the tune stage's file; its train.lr and train.batch_size win")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="per-epoch training state to resume from after an interruption")
     args = parser.parse_args(argv)
 
     declared = settings = load_settings(args.params)
@@ -94,9 +123,21 @@ def main(argv: list[str] | None = None) -> int:
                             data_version=meta.data_version, deps=deps,
                             declared=declared) as run:
         run.log_params({"train_size": len(train_split), "val_size": len(val_split),
-                        "hyperparams_from": str(args.best_params or args.params)})
-        result = train(train_split, val_split, meta, recipe,
-                       on_epoch=lambda stats: run.log_metrics(stats.metrics(), step=stats.epoch))
+                        "hyperparams_from": str(args.best_params or args.params),
+                        "deterministic_algorithms": True, "cudnn_benchmark": False})
+        logged: set[int] = set()
+
+        def log_epoch(stats: EpochStats) -> None:
+            run.log_metrics(stats.metrics(), step=stats.epoch)
+            logged.add(stats.epoch)
+
+        result = train(train_split, val_split, meta, recipe, on_epoch=log_epoch,
+                       checkpoint=args.checkpoint)
+        earlier = [stats for stats in result.history if stats.epoch not in logged]
+        if earlier:  # resumed: this run also shows the epochs the interrupted run finished
+            run.set_tags({"resumed_after_epoch": earlier[-1].epoch})
+            for stats in earlier:
+                run.log_metrics(stats.metrics(), step=stats.epoch)
         best = result.best
         run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
                          "val/best_loss": best.val_loss})

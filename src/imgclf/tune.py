@@ -31,6 +31,7 @@ from imgclf.data import Meta, Split, load_meta, load_split, stratified_split
 from imgclf.engine import EpochStats
 from imgclf.errors import UserError
 from imgclf.files import project_root, write_json, write_text
+from imgclf.processes import process_id
 from imgclf.settings import Settings, TuneSettings, load_settings
 from imgclf.train import train
 
@@ -104,7 +105,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
         }
     recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads})
-    trial.set_user_attr(studies.WORKER_ATTR, studies.worker_id())
+    trial.set_user_attr(studies.WORKER_ATTR, process_id())
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
             "baseline": str(trial.user_attrs.get("baseline", False)).lower()}

@@ -1,0 +1,338 @@
+"""The benchmark suite: ``make bench`` writes BENCHMARKS.md and bench/results.json.
+
+Every comparison runs both sides in this one process, interleaved (A B A B ...), and reports
+the median ratio with its min-max, so a noisy machine still gives a stable answer. Nothing
+here is asserted: these are measurements, not tests.
+
+    python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+from ruamel.yaml import YAML
+
+from imgclf import studies, tune
+from imgclf.data import Split, batches, load_meta, load_split
+from imgclf.engine import fit, set_determinism
+from imgclf.settings import load_settings
+from imgclf.train import architecture
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def interleave(a: Callable[[], float], b: Callable[[], float], repeats: int) -> dict:
+    """Run ``a`` and ``b`` alternately; each returns a time. Ratio = time(b) / time(a)."""
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(a())
+        times_b.append(b())
+    ratios = [tb / ta for ta, tb in zip(times_a, times_b, strict=True)]
+    return {"a_s": times_a, "b_s": times_b, "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def train_images(model: torch.nn.Module, loader, n_images: int) -> float:
+    """Seconds to push ``n_images`` through forward, backward and an optimizer step."""
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    model.train()
+    seen, started = 0, time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+        if seen >= n_images:
+            break
+    return time.perf_counter() - started
+
+
+def bench_data_path(data_dir: Path, raw_dir: Path, n_images: int, repeats: int) -> dict:
+    """The project's in-memory batches vs torchvision Dataset + DataLoader + ToTensor."""
+    from torchvision import datasets, transforms
+
+    meta = load_meta(data_dir)
+    split = load_split(data_dir, "train")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "FashionMNIST" / "raw"
+        folder.mkdir(parents=True)
+        for gz in raw_dir.glob("*-ubyte.gz"):
+            subprocess.run(f"gunzip -c {gz} > {folder / gz.stem}", shell=True, check=True)
+        dataset = datasets.FashionMNIST(tmp, train=True, download=False,
+                                        transform=transforms.Compose([
+                                            transforms.ToTensor(),
+                                            transforms.Normalize(meta.mean, meta.std)]))
+        results = {}
+        for name in ("mlp", "cnn"):
+            recipe = load_settings(ROOT / "params.yaml").train.model_copy(update={"model": name})
+            model = architecture(recipe, meta).build()
+            ours = lambda m=model: train_images(  # noqa: E731
+                m, batches(split, 128, generator=torch.Generator().manual_seed(0)), n_images)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True)
+            theirs = lambda m=model, ld=loader: train_images(m, ld, n_images)  # noqa: E731
+            result = interleave(ours, theirs, repeats)
+            result["ours_images_per_s"] = n_images / statistics.median(result["a_s"])
+            result["torchvision_images_per_s"] = n_images / statistics.median(result["b_s"])
+            results[name] = result
+    return results
+
+
+def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
+    """The training loop with per-epoch MLflow logging vs the same loop without tracking."""
+    from imgclf import tracking
+
+    settings = load_settings(ROOT / "params.yaml")
+    recipe = settings.train.model_copy(update={"epochs": epochs})
+    meta = load_meta(data_dir)
+    train_split = load_split(data_dir, "train").take(torch.arange(10000))
+    val_split = load_split(data_dir, "val")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["DVC_ROOT"] = tmp
+        experiment = tracking.connect("bench-tracking", Path(tmp))
+
+        def run(logged: bool) -> float:
+            set_determinism(recipe.seed, recipe.threads)
+            model = architecture(recipe, meta).build()
+            started = time.perf_counter()
+            if logged:
+                import mlflow
+
+                with mlflow.start_run(experiment_id=experiment) as active:
+                    handle = tracking.StageRun(active.info.run_id, experiment)
+                    handle.log_params(tracking.flatten(settings, ("data", "train")))
+                    fit(model, train_split, val_split, recipe, device=torch.device("cpu"),
+                        on_epoch=lambda s: handle.log_metrics(s.metrics(), step=s.epoch))
+            else:
+                fit(model, train_split, val_split, recipe, device=torch.device("cpu"))
+            return time.perf_counter() - started
+
+        result = interleave(lambda: run(False), lambda: run(True), repeats)
+        del os.environ["DVC_ROOT"]
+    return result
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process tree; ``peaks`` holds the max per command line."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root, self.peaks, self._stop = root, {}, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                for proc in self.root.children(recursive=True):
+                    cmd = " ".join(proc.cmdline())
+                    for stage in ("imgclf.train", "imgclf.evaluate", "imgclf.tune"):
+                        if stage in cmd:
+                            rss = proc.memory_info().rss
+                            self.peaks[stage] = max(self.peaks.get(stage, 0), rss)
+            except psutil.Error:
+                continue
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_pipeline(workdir: Path) -> dict:
+    """The default ``dvc repro`` from nothing: wall time, test accuracy, stage memory."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, workdir / name)
+    shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=workdir, check=True)
+    subprocess.run([BIN / "dvc", "init", "-q"], cwd=workdir, check=True, env=env)
+    subprocess.run([*git, "add", "-A"], cwd=workdir, check=True)
+    subprocess.run([*git, "commit", "-qm", "bench"], cwd=workdir, check=True)
+
+    started, began = time.perf_counter(), time.time()
+    process = subprocess.Popen([BIN / "dvc", "repro"], cwd=workdir, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with PeakRSS(psutil.Process(process.pid)) as memory:
+        log = process.communicate()[0]
+    wall = time.perf_counter() - started
+    if process.returncode:
+        raise RuntimeError(f"dvc repro failed:\n{log}")
+    metrics = json.loads((workdir / "reports/metrics.json").read_text())
+    train_metrics = json.loads((workdir / "reports/train_metrics.json").read_text())
+    tune_metrics = json.loads((workdir / "reports/tune_metrics.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("imgclf").experiment_id
+    stage_runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment])}
+    stage_seconds = {stage: (run.info.end_time - run.info.start_time) / 1000
+                     for stage, run in stage_runs.items() if stage != "tune-trial"}
+    before_train = stage_runs["train"].info.start_time / 1000 - began
+
+    def dvc(*args: str) -> float:
+        began = time.perf_counter()
+        subprocess.run([BIN / "dvc", *args], cwd=workdir, env=env, check=True,
+                       capture_output=True)
+        return time.perf_counter() - began
+
+    noop = interleave(lambda: dvc("version"), lambda: dvc("repro"), 5)
+    return {"wall_s": wall, "test_accuracy": metrics["test"]["accuracy"],
+            "before_train_s": before_train, "stage_s": stage_seconds,
+            "val_best_accuracy": train_metrics["val"]["best_accuracy"],
+            "train_s": train_metrics["train_seconds"], "tune_trials": tune_metrics["trials"],
+            "peak_rss_bytes": memory.peaks, "noop_repro": noop, "log": log[-4000:]}
+
+
+def bench_accuracy_over_time(data_dir: Path, workdir: Path, offset_s: float) -> list[dict]:
+    """Test accuracy after each epoch of the default recipe with the tuned values.
+
+    ``offset_s`` is the time the pipeline spends before training starts, so the timeline is
+    wall time since ``dvc repro`` began.
+    """
+    from imgclf.engine import evaluate
+    from imgclf.settings import apply_best_params
+
+    settings = apply_best_params(load_settings(workdir / "params.yaml"),
+                                 workdir / "reports/best_params.yaml")
+    recipe = settings.train
+    meta = load_meta(data_dir)
+    train_split, val_split = load_split(data_dir, "train"), load_split(data_dir, "val")
+    test_split = load_split(data_dir, "test")
+    set_determinism(recipe.seed, recipe.threads)
+    model = architecture(recipe, meta).build()
+    timeline, started, extra = [], time.perf_counter(), [0.0]
+
+    def record(stats) -> None:
+        now = time.perf_counter()
+        accuracy = evaluate(model, test_split, 1024).accuracy
+        model.train()
+        # the wall clock of the pipeline leaves out these extra test evaluations
+        timeline.append({"epoch": stats.epoch, "wall_s": offset_s + now - started - extra[0],
+                         "test_accuracy": accuracy})
+        extra[0] += time.perf_counter() - now
+
+    fit(model, train_split, val_split, recipe, device=torch.device("cpu"), on_epoch=record)
+    return timeline
+
+
+def bench_scaling(data_dir: Path) -> list[dict]:
+    """Seconds per epoch at 10, 25, 50 and 100 % of the training split."""
+    settings = load_settings(ROOT / "params.yaml")
+    recipe = settings.train.model_copy(update={"epochs": 1})
+    meta = load_meta(data_dir)
+    train_split, val_split = load_split(data_dir, "train"), load_split(data_dir, "val")
+    rows = []
+    for fraction in (0.1, 0.25, 0.5, 1.0):
+        subset = train_split.take(torch.arange(int(len(train_split) * fraction)))
+        set_determinism(recipe.seed, recipe.threads)
+        model = architecture(recipe, meta).build()
+        result = fit(model, subset, Split(val_split.images[:0], val_split.labels[:0]), recipe,
+                     device=torch.device("cpu"))
+        seconds = len(subset) / result.history[0].images_per_s
+        rows.append({"fraction": fraction, "images": len(subset), "epoch_s": seconds})
+    return rows
+
+
+def bench_pruning(data_dir: Path, workdir: Path) -> dict:
+    """The default search with its pruner vs without: trial-epochs spent, best accuracy."""
+    import mlflow
+
+    from imgclf import tracking
+
+    settings = load_settings(ROOT / "params.yaml")
+    os.environ["DVC_ROOT"] = str(workdir)
+    experiment = tracking.connect("bench-pruning", workdir)
+    results = {}
+    for pruner in (settings.tune.pruner, "none"):
+        chosen = settings.model_copy(update={"tune": settings.tune.model_copy(update={
+            "pruner": pruner, "study": f"bench-{pruner}", "timeout_s": None})})
+        name = chosen.tune.study
+        storage = str(workdir / f"{name}.journal")
+        study = tune.open_study(chosen.tune, storage, name)
+        tune.enqueue_baseline(study, chosen)
+        with mlflow.start_run(experiment_id=experiment) as parent:
+            job = tune.Job(chosen, data_dir, workdir, storage, name, chosen.tune.n_trials,
+                           parent.info.run_id, experiment, worker=0,
+                           threads=chosen.train.threads or (os.cpu_count() or 1))
+            started = time.perf_counter()
+            tune.run_worker(job)
+            seconds = time.perf_counter() - started
+        study = tune.open_study(chosen.tune, storage, name)
+        epochs = sum(len(t.intermediate_values) for t in study.trials)
+        results[pruner] = {"seconds": seconds, "trial_epochs": epochs,
+                           "best_val_accuracy": study.best_value,
+                           "counts": studies.count_states(study)}
+    del os.environ["DVC_ROOT"]
+    return results
+
+
+def machine() -> dict:
+    return {"cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 5
+    results: dict = {"machine": machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp) / "project"
+        workdir.mkdir()
+        print("pipeline (dvc repro from nothing)...", flush=True)
+        results["pipeline"] = pipeline = bench_pipeline(workdir)
+        data_dir, raw_dir = workdir / "data/processed", workdir / "data/raw"
+        print("accuracy over time...", flush=True)
+        results["timeline"] = bench_accuracy_over_time(data_dir, workdir,
+                                                       pipeline["before_train_s"])
+        print("data path...", flush=True)
+        results["data_path"] = bench_data_path(data_dir, raw_dir, 20000, repeats)
+        print("tracking overhead...", flush=True)
+        results["tracking"] = bench_tracking(data_dir, 3, repeats)
+        print("scaling...", flush=True)
+        results["scaling"] = bench_scaling(data_dir)
+        print("pruning...", flush=True)
+        results["pruning"] = bench_pruning(data_dir, Path(tmp))
+    out = ROOT / "bench" / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    (ROOT / "BENCHMARKS.md").write_text(report(results))
+    print(f"wrote {out} and BENCHMARKS.md")
+
+
+def report(results: dict) -> str:
+    sys.path.insert(0, str(ROOT))
+    from bench.report import render
+
+    return render(results)
+
+
+if __name__ == "__main__":
+    main()
