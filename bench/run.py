@@ -26,7 +26,6 @@ from pathlib import Path
 import psutil
 import torch
 import torch.nn.functional as F
-from ruamel.yaml import YAML
 
 from imgclf import studies, tune
 from imgclf.data import Split, batches, load_meta, load_split
@@ -182,9 +181,8 @@ def bench_pipeline(workdir: Path) -> dict:
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
     train_metrics = json.loads((workdir / "reports/train_metrics.json").read_text())
     tune_metrics = json.loads((workdir / "reports/tune_metrics.json").read_text())
-    from mlflow.tracking import MlflowClient
-
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     client = MlflowClient()
