@@ -8,13 +8,15 @@ export PATH := $(abspath $(BIN)):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVE_PORT ?= 5001
+DB ?=
+ARTIFACTS ?= $(abspath mlartifacts)
 N ?= 10
 STORE := sqlite:///$(abspath mlruns)/mlflow.db
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro test test-fast lint bench ui serve compare clean
+.PHONY: help setup data run repro test test-fast lint bench ui server serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +64,11 @@ lint: setup ## ruff
 
 ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+
+server: setup ## team MLflow server: DB=postgresql://user@host/db ARTIFACTS=dir|s3://bucket/path
+	@test -n "$(DB)" || { echo "set DB=postgresql://user@host/db (password: PGPASSWORD or ~/.pgpass)"; exit 2; }
+	$(BIN)/mlflow server --backend-store-uri "$(DB)" --artifacts-destination "$(ARTIFACTS)" \
+	  --serve-artifacts --host $(HOST) --port $(PORT)
 
 serve: setup ## serve the registry's champion model on http://127.0.0.1:5001 (SERVE_PORT=)
 	$(BIN)/python -m imgclf.serve --host $(HOST) --port $(SERVE_PORT)

@@ -427,3 +427,29 @@ def test_second_concurrent_repro_is_refused_by_dvcs_lock(tmp_path):
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout + dvc(
         repo, "repro").stdout
     assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.3
+
+
+@pytest.mark.slow
+def test_remote_push_then_pull_in_a_fresh_clone_needs_no_retraining(tmp_path):
+    if not FMNIST_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is missing")
+    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the default remote
+    assert dvc(repo, "remote", "default").stdout.strip() == "local"
+    storage = tmp_path / "remote"
+    dvc(repo, "remote", "modify", "--local", "local", "url", str(storage))
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "trained")
+    dvc(repo, "push")
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    dvc(clone, "remote", "modify", "--local", "local", "url", str(storage))
+    dvc(clone, "pull")
+
+    assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
+    assert "Data and pipelines are up to date" in dvc(clone, "repro").stdout
+    assert not (clone / "mlruns").exists()  # no stage ran
+    for path in ("models/model.pt", "data/processed/train.pt", "reports/metrics.json"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes()

@@ -1,15 +1,23 @@
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
+import torch
+from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
+from imgclf.cli import run_stage
 from imgclf.settings import load_settings
 
-from .conftest import runs_of
+from .conftest import REPO, runs_of
 
 
 def test_default_store_is_under_the_project_root_not_the_cwd(project, tmp_path, monkeypatch):
@@ -164,3 +172,77 @@ def test_passwords_never_reach_messages(project, monkeypatch):
         pass
     assert "hunter2" not in str(caught.value)
     assert "http://admin:***@127.0.0.1:9" in str(caught.value)
+
+
+POSTGRES = os.environ.get("IMGCLF_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def team_server(tmp_path):
+    """``make server``'s command on a fresh PostgreSQL database and a free loopback port."""
+    import psycopg2
+
+    name = f"imgclf_server_{os.getpid()}_{time.time_ns()}"
+    admin = psycopg2.connect(POSTGRES)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    database = POSTGRES.rsplit("/", 1)[0] + "/" + name
+    done = subprocess.run(["make", "-s", "-n", "server", f"DB={database}",
+                           f"ARTIFACTS={tmp_path / 'artifacts'}", f"PORT={port}"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    command = done.stdout.replace("\\\n", " ").strip().splitlines()[-1]
+    assert "--host 127.0.0.1" in command
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(command, shell=True, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url, tmp_path / "artifacts"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSTGRES, reason="set IMGCLF_TEST_POSTGRES_URL (.ci/run does)")
+def test_pipeline_against_a_team_server_on_postgresql(processed, project, team_server,
+                                                       monkeypatch):
+    from imgclf import evaluate, train
+
+    from .conftest import EVALUATE_ARGS, TRAIN_ARGS
+
+    url, artifacts = team_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    assert run_stage(train.main, TRAIN_ARGS) == 0
+    assert run_stage(evaluate.main, EVALUATE_ARGS) == 0
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("tests")
+    runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"train", "evaluate"}
+    assert len(client.get_metric_history(runs["train"].info.run_id, "val/accuracy")) == 2
+    assert runs["evaluate"].data.metrics["test/accuracy"] > 0
+    # artifacts went through the server into its artifact store, not to a local folder
+    assert runs["evaluate"].info.artifact_uri.startswith("mlflow-artifacts:")
+    png = client.download_artifacts(runs["evaluate"].info.run_id, "confusion.png",
+                                    str(project))
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert any(artifacts.rglob("confusion.png"))
+    assert not (project / "mlruns/artifacts" / runs["evaluate"].info.run_id).exists()
+    # the registry lives on the server too, and its champion loads through it
+    champion = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
+    mlflow.set_tracking_uri(url)
+    model = mlflow.pytorch.load_model("models:/fashion-mnist-classifier@champion")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert champion.tags["evaluate_run_id"] == runs["evaluate"].info.run_id

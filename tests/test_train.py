@@ -20,7 +20,14 @@ from imgclf.data import load_meta, load_split
 from imgclf.engine import DivergedError
 from imgclf.settings import load_settings
 
-from .conftest import TRAIN_ARGS, runs_of
+from .conftest import (
+    DOWNLOAD_ARGS,
+    EVALUATE_ARGS,
+    FMNIST_DIR,
+    PREPROCESS_ARGS,
+    TRAIN_ARGS,
+    runs_of,
+)
 
 
 def core_inputs(processed, project, **recipe):
@@ -224,3 +231,31 @@ def test_two_processes_same_seed_identical_metrics(processed, project):
         results.append((json.loads((project / "reports/train_metrics.json").read_text())["val"],
                         history_without_timing(project)))
     assert results[0] == results[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
+def test_data_parallel_training_matches_one_process(project, set_params, client):
+    from imgclf import download, evaluate, preprocess
+
+    set_params(download__mirrors=[str(FMNIST_DIR)], data__train_limit=3000,
+               data__test_limit=1000, train__epochs=3, train__width=8, train__threads=0)
+    assert run_stage(download.main, DOWNLOAD_ARGS) == 0
+    assert run_stage(preprocess.main, PREPROCESS_ARGS) == 0
+    accuracy = {}
+    for processes in (1, 2):
+        set_params(download__mirrors=[str(FMNIST_DIR)], data__train_limit=3000,
+                   data__test_limit=1000, train__epochs=3, train__width=8, train__threads=0,
+                   train__processes=processes)
+        done = subprocess.run([sys.executable, "-m", "imgclf.train", *TRAIN_ARGS], cwd=project,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert run_stage(evaluate.main, EVALUATE_ARGS) == 0
+        accuracy[processes] = json.loads(
+            (project / "reports/metrics.json").read_text())["test"]["accuracy"]
+        # the logged epoch numbers cover the whole training split, not one shard
+        (run, *_) = runs_of(client, "train")
+        assert run.data.params["train.processes"] == str(processes)
+        assert run.data.params["train_size"] == "2400"
+    assert abs(accuracy[1] - accuracy[2]) <= 0.01, accuracy
+    assert len(runs_of(client, "train")) == 2  # one per training, none per extra process

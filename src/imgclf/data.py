@@ -129,22 +129,28 @@ def batches(
     *,
     generator: torch.Generator | None = None,
     augment: str = "none",
+    augment_generator: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(float images in [0, 1], labels)`` batches; shuffled when given a generator.
 
     Images come channels-last (NHWC in memory, NCHW in shape): oneDNN's and cuDNN's
-    convolutions run markedly faster on that layout.
+    convolutions run markedly faster on that layout. With ``shard=(rank, world)`` each of
+    ``world`` processes gets its own share of every batch of ``batch_size`` (data-parallel
+    training); all processes must pass generators in the same state.
     """
     n = len(split)
+    rank, world = shard
     if generator is None:
         order = torch.arange(n, device=split.labels.device)
     else:
         order = torch.randperm(n, generator=generator).to(split.labels.device)
+    augment_generator = augment_generator or generator
     for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
+        index = order[start:start + batch_size][rank::world]
         x = split.images[index].float().div_(255)
-        if generator is not None and augment in ("crop", "crop_flip"):
-            x = random_crop(x, max(1, x.shape[-1] // 8), generator)
-        if generator is not None and augment in ("flip", "crop_flip"):
-            x = random_flip(x, generator)
+        if augment_generator is not None and augment in ("crop", "crop_flip"):
+            x = random_crop(x, max(1, x.shape[-1] // 8), augment_generator)
+        if augment_generator is not None and augment in ("flip", "crop_flip"):
+            x = random_flip(x, augment_generator)
         yield x.contiguous(memory_format=torch.channels_last), split.labels[index]

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from imgclf.data import Split, batches
+from imgclf.errors import UserError
 from imgclf.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -76,20 +77,24 @@ class EvalResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
+    """``auto`` is CUDA when available, else CPU; under torchrun, this process's own GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        from imgclf.errors import UserError
-
         raise UserError("train.device is 'cuda' but no CUDA device is available; "
                         "use 'auto' or 'cpu'")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
 def set_determinism(seed: int, threads: int) -> None:
-    """Seed every RNG and pick deterministic kernels, so a CPU run repeats exactly."""
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    """Seed every RNG and pick deterministic kernels, so a CPU run repeats exactly.
+
+    ``threads=0`` shares the cores among the data-parallel processes on this machine.
+    """
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_processes))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -119,18 +124,45 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainSettings, tota
 
 
 @torch.no_grad()
+def distributed() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in data-parallel training, ``(0, 1)`` alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(*values: torch.Tensor) -> list[float]:
+    """Sum scalars over all processes (identity when training alone)."""
+    stacked = torch.stack([v.detach().double() for v in values])
+    if distributed()[1] > 1:
+        on = stacked.cuda() if torch.distributed.get_backend() == "nccl" else stacked
+        torch.distributed.all_reduce(on)
+        stacked = on.cpu()
+    return stacked.tolist()
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
-    """Mean cross-entropy, accuracy and the predicted class of every image."""
+    """Mean cross-entropy, accuracy and the predicted class of every image.
+
+    In data-parallel training each process scores its shard and the sums are all-reduced, so
+    loss and accuracy cover the whole split (``predictions`` then holds the local shard's).
+    """
     model.eval()
-    total_loss, predictions = 0.0, []
-    for x, y in batches(split, batch_size):
+    rank, world = distributed()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    predictions = []
+    for x, y in batches(split, batch_size * world, shard=(rank, world)):
         logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        predictions.append(logits.argmax(dim=1))
-    predicted = torch.cat(predictions).cpu()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        predicted = logits.argmax(dim=1)
+        correct += (predicted == y).sum()
+        predictions.append(predicted)
+    total_loss, total_correct = _all_reduce(loss_sum, correct)
     n = max(len(split), 1)
-    accuracy = (predicted == split.labels.cpu()).sum().item() / n
-    return EvalResult(total_loss / n, accuracy, predicted)
+    predicted = torch.cat(predictions).cpu() if predictions else torch.zeros(0, dtype=torch.long)
+    return EvalResult(total_loss / n, total_correct / n, predicted)
 
 
 def fit(
@@ -155,7 +187,15 @@ def fit(
     """
     model.to(device=device, memory_format=torch.channels_last)  # matches the batches' layout
     train, val = train.to(device), val.to(device)
+    rank, world = distributed()
+    # every process shuffles identically (their shards must tile each batch); augmentation
+    # draws differ per process
     generator = torch.Generator().manual_seed(recipe.seed)
+    augment_generator = torch.Generator().manual_seed(recipe.seed + 1 + rank)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
@@ -169,6 +209,7 @@ def fit(
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
+        augment_generator.set_state(resume["augment_generator"])
         torch.set_rng_state(resume["torch_rng"])
         if torch.cuda.is_available() and resume.get("cuda_rng"):
             torch.cuda.set_rng_state_all(resume["cuda_rng"])
@@ -184,11 +225,12 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(batches(train, recipe.batch_size, generator=generator, augment=recipe.augment),
+        bar = tqdm(batches(train, recipe.batch_size, generator=generator, augment=recipe.augment,
+                           augment_generator=augment_generator, shard=(rank, world)),
                    total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch",
-                   disable=not show_bar, leave=False, file=sys.stderr)
+                   disable=not show_bar or rank > 0, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}, "
@@ -201,12 +243,13 @@ def fit(
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(dim=1) == y).sum()
         train_seconds = time.perf_counter() - started
+        total_loss, total_correct = _all_reduce(loss_sum, correct)
 
         evaluated = evaluate(model, val, recipe.eval_batch_size)
         stats = EpochStats(
             epoch=epoch,
-            train_loss=loss_sum.item() / len(train),
-            train_accuracy=correct.item() / len(train),
+            train_loss=total_loss / len(train),
+            train_accuracy=total_correct / len(train),
             val_loss=evaluated.loss,
             val_accuracy=evaluated.accuracy,
             lr=lr,
@@ -217,18 +260,21 @@ def fit(
         if stats.val_accuracy > best_accuracy:
             best_accuracy, result.best_epoch = stats.val_accuracy, epoch
             best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
-                 "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
-                 stats.train_accuracy, stats.val_loss, stats.val_accuracy, stats.seconds,
-                 stats.images_per_s)
+        if rank == 0:
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
+                     "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
+                     stats.train_accuracy, stats.val_loss, stats.val_accuracy, stats.seconds,
+                     stats.images_per_s)
         if on_epoch is not None:
             on_epoch(stats)
-        if on_checkpoint is not None:
+        if on_checkpoint is not None and rank == 0:
             on_checkpoint({
                 "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "generator": generator.get_state(),
+                "augment_generator": augment_generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "history": [asdict(stats) for stats in result.history],
                 "best_epoch": result.best_epoch, "best_state": best_state,

@@ -85,6 +85,7 @@ class TrainSettings(_Section):
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     threads: int = Field(ge=0, le=1024)
+    processes: int = Field(ge=1, le=1024)
     eval_batch_size: int = Field(ge=1, le=65536)
 
 

@@ -14,9 +14,13 @@ import csv
 import hashlib
 import io
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from imgclf import tracking
 from imgclf.checkpoint import (
@@ -27,7 +31,14 @@ from imgclf.checkpoint import (
 )
 from imgclf.cli import run_stage
 from imgclf.data import Meta, Split, load_meta, load_split
-from imgclf.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
+from imgclf.engine import (
+    EpochStats,
+    FitResult,
+    distributed,
+    fit,
+    resolve_device,
+    set_determinism,
+)
 from imgclf.files import write_json, write_text
 from imgclf.settings import TrainSettings, apply_best_params, load_settings, read_lineage
 
@@ -61,7 +72,8 @@ def train(
     result = fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch,
                  resume=load_training_state(checkpoint, key),
                  on_checkpoint=lambda state: save_training_state(checkpoint, key, state))
-    checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    if distributed()[0] == 0:
+        checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     return result
 
 
@@ -95,6 +107,15 @@ def summary(result: FitResult, run_id: str) -> dict:
     }
 
 
+def relaunch_with_torchrun(processes: int, argv: list[str]) -> None:
+    """Replace this process by ``torchrun`` running ``processes`` copies of this stage."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "imgclf.train", *argv]
+    print(f"data-parallel training on {processes} processes: {' '.join(command[1:])}",
+          flush=True)
+    os.execv(sys.executable, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -117,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     meta = load_meta(args.data)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
     resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun
+    if recipe.processes > 1 and not launched:
+        relaunch_with_torchrun(recipe.processes, sys.argv[1:] if argv is None else argv)
+    if launched:
+        torch.distributed.init_process_group(
+            "nccl" if resolve_device(recipe.device).type == "cuda" else "gloo")
+        if torch.distributed.get_rank() > 0:
+            # every process trains its shard; only the first tracks and writes outputs
+            train(train_split, val_split, meta, recipe, checkpoint=args.checkpoint)
+            torch.distributed.destroy_process_group()
+            return 0
 
     deps = [args.data, *([args.best_params] if args.best_params else [])]
     with tracking.stage_run("train", settings, upstream={**meta.lineage, **upstream},
@@ -153,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.metrics, summary(result, run.run_id))
         print(f"best epoch {result.best_epoch}: val accuracy {best.val_accuracy:.4f} "
               f"(MLflow run {run.run_id})")
+    if launched:
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -59,7 +59,8 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
     """Everything that shapes a trial's result; a change starts a new study."""
     search = settings.tune.model_dump(
         mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
-    recipe = settings.train.model_dump(mode="json", exclude={"epochs", "device", "threads"})
+    recipe = settings.train.model_dump(mode="json",
+                                       exclude={"epochs", "device", "threads", "processes"})
     return {"dataset": settings.data.dataset, "model": settings.train.model,
             "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
 
@@ -104,7 +105,8 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
             "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
         }
-    recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads})
+    recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads,
+                                     "processes": 1})
     trial.set_user_attr(studies.WORKER_ATTR, process_id())
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
