@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from imgclf.errors import Terminated, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser described by the module docstring, with ``--params``."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params file (default: params.yaml)")
+    return parser
 
 
 def run_stage(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -8,14 +8,11 @@ between the listed runs, validation and test accuracy, and the MLflow run id to 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from rich.console import Console
 from rich.table import Table
 
 from imgclf import tracking
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.settings import load_settings
 
 METRICS = ("val/best_accuracy", "test/accuracy")
@@ -40,8 +37,7 @@ def leaderboard(runs: list[dict], sort: str) -> tuple[list[str], list[list[str]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("-n", "--last", type=int, default=10, help="how many pipeline runs")
     parser.add_argument("--sort", default="test/accuracy", help="metric to rank by")
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ kept and the next source is tried.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imgclf import tracking
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
 from imgclf.files import write_json
 from imgclf.settings import load_settings
@@ -135,8 +134,7 @@ def _no_source_message(spec: DatasetSpec, failures: list[tuple[str, list[str]]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for the verified files")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
     args = parser.parse_args(argv)

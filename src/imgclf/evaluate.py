@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
@@ -21,7 +20,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_supp
 
 from imgclf import tracking
 from imgclf.checkpoint import load_model
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.data import Split, load_split
 from imgclf.engine import evaluate as evaluate_batches
 from imgclf.files import atomic_open, write_json, write_text
@@ -38,6 +37,11 @@ class TestReport:
     precision: list[float]
     recall: list[float]
     predictions: torch.Tensor
+
+    def scores(self) -> dict[str, float]:
+        """The headline metrics under their MLflow names."""
+        return {"test/accuracy": self.accuracy, "test/loss": self.loss,
+                "test/macro_f1": self.macro_f1}
 
 
 def evaluate(model: torch.nn.Module, test: Split, num_classes: int, batch_size: int
@@ -78,9 +82,23 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9a-z_.-]+", "_", name.lower())
 
 
+def register(name: str, info: dict, scores: dict[str, float], metric: str,
+             run: tracking.StageRun) -> dict:
+    """Register the trained model; return what the metrics file records about it."""
+    registered = tracking.register_model(
+        name, info["mlflow_model_uri"], scores, metric,
+        tags={"data_version": info.get("data_version", ""),
+              "git_commit": run.tags.get("git_commit", ""),
+              "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id})
+    run.set_tags({"registered_model": name, "model_version": registered.version,
+                  "champion": str(registered.champion).lower()})
+    print(f"registered {name} version {registered.version}"
+          + (" (champion)" if registered.champion else ""))
+    return {"model_version": int(registered.version), "champion": registered.champion}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
     parser.add_argument("--model", type=Path, required=True, help="model from the train stage")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
@@ -98,14 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                             data_version=info.get("data_version"),
                             deps=[args.data, args.model]) as run:
         report = evaluate(model, test, len(classes), settings.evaluate.batch_size)
+        scores = report.scores()
         per_class = {name: {"precision": p, "recall": r}
                      for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
-        run.log_metrics({"test/accuracy": report.accuracy, "test/loss": report.loss,
-                         "test/macro_f1": report.macro_f1,
-                         **{f"test/precision/{metric_key(name)}": scores["precision"]
-                            for name, scores in per_class.items()},
-                         **{f"test/recall/{metric_key(name)}": scores["recall"]
-                            for name, scores in per_class.items()}})
+        run.log_metrics({**scores, **{f"test/{kind}/{metric_key(name)}": value
+                                      for name, values in per_class.items()
+                                      for kind, value in values.items()}})
         figure = confusion_figure(test.labels, report.predictions, classes)
         with atomic_open(args.confusion_png, "wb") as handle:
             figure.savefig(handle, format="png", dpi=100)
@@ -113,28 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         run.log_dict(per_class, "per_class.json")
         write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
         write_json(args.per_class, per_class)
-        scores = {"test/accuracy": report.accuracy, "test/loss": report.loss,
-                  "test/macro_f1": report.macro_f1}
-        train_metrics = tracking.run_metrics(info.get("mlflow_run_id", ""))
-        run.log_to_pipeline(metrics={
-            **scores, **{k: v for k, v in train_metrics.items() if k == "val/best_accuracy"}})
-        summary = {"test": {"accuracy": report.accuracy, "loss": report.loss,
-                            "macro_f1": report.macro_f1},
+        # the pipeline run shows validation and test side by side
+        validation = tracking.run_metrics(info.get("mlflow_run_id", ""))
+        run.log_to_pipeline(metrics={**scores, **{k: v for k, v in validation.items()
+                                                  if k == "val/best_accuracy"}})
+        summary = {"test": {key.removeprefix("test/"): value for key, value in scores.items()},
                    "mlflow_run_id": run.run_id}
-        name = settings.evaluate.model_name(settings.data.dataset)
-        if name and "mlflow_model_uri" in info:
-            registered = tracking.register_model(
-                name, info["mlflow_model_uri"], scores, settings.evaluate.champion_metric,
-                tags={"data_version": info.get("data_version", ""),
-                      "git_commit": run.tags.get("git_commit", ""),
-                      "train_run_id": info.get("mlflow_run_id", ""),
-                      "evaluate_run_id": run.run_id})
-            run.set_tags({"registered_model": name, "model_version": registered.version,
-                          "champion": str(registered.champion).lower()})
-            summary["model_version"] = int(registered.version)
-            summary["champion"] = registered.champion
-            print(f"registered {name} version {registered.version}"
-                  + (" (champion)" if registered.champion else ""))
+        if name := settings.evaluate.model_name(settings.data.dataset):
+            summary |= register(name, info, scores, settings.evaluate.champion_metric, run)
         write_json(args.metrics, summary)
         print(f"test accuracy {report.accuracy:.4f}, loss {report.loss:.4f}, "
               f"macro F1 {report.macro_f1:.4f} (MLflow run {run.run_id})")

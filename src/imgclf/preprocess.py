@@ -9,7 +9,6 @@ from the training split only, so nothing about validation or test leaks into tra
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from imgclf import tracking
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.data import Meta, Split, channel_stats, save_splits, stratified_split
 from imgclf.datasets import DATASETS, DataError, DatasetSpec, read_raw
 from imgclf.files import write_json
@@ -86,8 +85,7 @@ def read_manifest(raw_dir: Path, dataset: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="folder from the download stage")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splits")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")

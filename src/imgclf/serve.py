@@ -9,13 +9,12 @@ The model is loaded from MLflow's pickle-free ``pt2`` format in the current envi
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 from imgclf import tracking
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.errors import UserError
 from imgclf.settings import load_settings
 
@@ -29,8 +28,7 @@ def serve_command(model_uri: str, host: str, port: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5001)

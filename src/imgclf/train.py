@@ -9,7 +9,6 @@ With ``--best-params`` the learning rate and batch size come from the tune stage
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -29,7 +28,7 @@ from imgclf.checkpoint import (
     save_model,
     save_training_state,
 )
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import (
     EpochStats,
@@ -117,8 +116,7 @@ def relaunch_with_torchrun(processes: int, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
     parser.add_argument("--model", type=Path, required=True, help="output model file")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")

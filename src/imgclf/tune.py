@@ -12,7 +12,6 @@ adds only the missing trials. With ``tune.enabled: false`` the stage writes ``tr
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ import optuna
 from optuna.visualization import matplotlib as optuna_plots
 
 from imgclf import studies, tracking
-from imgclf.cli import run_stage
+from imgclf.cli import run_stage, stage_parser
 from imgclf.data import Meta, Split, load_meta, load_split, stratified_split
 from imgclf.engine import EpochStats
 from imgclf.errors import UserError
@@ -270,8 +269,7 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: tracking.StageRun
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
     parser.add_argument("--best", type=Path, required=True, help="output best-params YAML")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
