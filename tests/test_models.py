@@ -39,3 +39,19 @@ def test_normalisation_uses_the_given_statistics():
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet", (1, 28, 28), 10, 4, [0.0], [1.0])
+
+
+def test_flip_averaging_applies_at_inference_only():
+    model = build_model("cnn", (1, 28, 28), 10, 4, [0.5], [0.25], tta="flip")
+    plain = model.net
+    x = torch.rand(3, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), (plain(x) + plain(x.flip(-1))) / 2)
+        mirrored = model(x.flip(-1))
+    assert torch.allclose(model(x), mirrored, atol=1e-6)  # symmetric by construction
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, plain(x))

@@ -37,7 +37,7 @@ def test_settings_are_immutable():
 
 def test_yaml_1_2_numbers_match_dvc():
     # ruamel (like DVC) reads 1e-3 as a float; a YAML 1.1 loader would give the string "1e-3".
-    path = Path(REPO / "params.yaml").read_text().replace("lr: 0.003", "lr: 1e-3")
+    path = Path(REPO / "params.yaml").read_text().replace("lr: 0.005 ", "lr: 1e-3 ")
     from ruamel.yaml import YAML
 
     settings = parse_settings(YAML(typ="safe", pure=True).load(path))

@@ -65,7 +65,7 @@ def test_nan_loss_stops_training(processed, project):
 @pytest.mark.parametrize("recipe", [
     {"optimizer": "sgd", "scheduler": "cosine", "augment": "crop_flip"},
     {"optimizer": "adam", "scheduler": "none", "label_smoothing": 0.1, "augment": "crop"},
-    {"model": "mlp", "augment": "flip"},
+    {"model": "mlp", "augment": "flip", "tta": "flip"},
 ])
 def test_recipes_run(processed, project, recipe):
     result = train.train(*core_inputs(processed, project, epochs=1, **recipe))

@@ -29,10 +29,11 @@ class Architecture:
     classes: list[str]
     mean: list[float]
     std: list[float]
+    tta: str = "none"
 
     def build(self) -> nn.Module:
         return build_model(self.model, self.in_shape, len(self.classes), self.width,
-                           self.mean, self.std)
+                           self.mean, self.std, self.tta)
 
 
 def save_model(path: Path, model: nn.Module, arch: Architecture, info: dict[str, str]) -> None:

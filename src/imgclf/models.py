@@ -79,6 +79,23 @@ def cifar_cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Seque
     )
 
 
+class FlipAveraging(nn.Module):
+    """At inference, average the scores of each image and its mirror image.
+
+    Test-time augmentation for datasets whose classes are left-right symmetric (clothes,
+    objects; not digits). Training sees the plain network.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.net(x)
+        return (self.net(x) + self.net(x.flip(-1))) / 2
+
+
 _BUILDERS = {"mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn}
 
 
@@ -89,8 +106,11 @@ def build_model(
     width: int,
     mean: Sequence[float],
     std: Sequence[float],
-) -> nn.Sequential:
-    """Build network ``name`` behind a :class:`Normalize` layer."""
+    tta: str = "none",
+) -> nn.Module:
+    """Build network ``name`` behind a :class:`Normalize` layer; ``tta="flip"`` wraps it in
+    :class:`FlipAveraging`."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return nn.Sequential(Normalize(mean, std), _BUILDERS[name](in_shape, num_classes, width))
+    net = nn.Sequential(Normalize(mean, std), _BUILDERS[name](in_shape, num_classes, width))
+    return FlipAveraging(net) if tta == "flip" else net

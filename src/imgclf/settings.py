@@ -82,6 +82,7 @@ class TrainSettings(_Section):
     scheduler: Literal["none", "cosine", "onecycle"]
     label_smoothing: Finite = Field(ge=0, lt=1)
     augment: Literal["none", "crop", "flip", "crop_flip"]
+    tta: Literal["none", "flip"]
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     threads: int = Field(ge=0, le=1024)

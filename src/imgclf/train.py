@@ -46,7 +46,7 @@ INPUT_EXAMPLE_SIZE = 4
 
 def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
     return Architecture(recipe.model, recipe.width, meta.image_shape, meta.classes,
-                        meta.mean, meta.std)
+                        meta.mean, meta.std, recipe.tta)
 
 
 def train(
