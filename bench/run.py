@@ -10,6 +10,7 @@ here is asserted: these are measurements, not tests.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -206,35 +207,19 @@ def bench_pipeline(workdir: Path) -> dict:
             "peak_rss_bytes": memory.peaks, "noop_repro": noop, "log": log[-4000:]}
 
 
-def bench_accuracy_over_time(data_dir: Path, workdir: Path, offset_s: float) -> list[dict]:
-    """Test accuracy after each epoch of the default recipe with the tuned values.
+def accuracy_over_time(workdir: Path, before_train_s: float) -> list[dict]:
+    """Validation accuracy after each epoch of the pipeline's own training, on its clock.
 
-    ``offset_s`` is the time the pipeline spends before training starts, so the timeline is
-    wall time since ``dvc repro`` began.
+    The train stage's per-epoch history gives each epoch's duration; ``before_train_s`` is
+    when training started after ``dvc repro`` began.
     """
-    from imgclf.engine import evaluate
-    from imgclf.settings import apply_best_params
-
-    settings = apply_best_params(load_settings(workdir / "params.yaml"),
-                                 workdir / "reports/best_params.yaml")
-    recipe = settings.train
-    meta = load_meta(data_dir)
-    train_split, val_split = load_split(data_dir, "train"), load_split(data_dir, "val")
-    test_split = load_split(data_dir, "test")
-    set_determinism(recipe.seed, recipe.threads)
-    model = architecture(recipe, meta).build()
-    timeline, started, extra = [], time.perf_counter(), [0.0]
-
-    def record(stats) -> None:
-        now = time.perf_counter()
-        accuracy = evaluate(model, test_split, 1024).accuracy
-        model.train()
-        # the wall clock of the pipeline leaves out these extra test evaluations
-        timeline.append({"epoch": stats.epoch, "wall_s": offset_s + now - started - extra[0],
-                         "test_accuracy": accuracy})
-        extra[0] += time.perf_counter() - now
-
-    fit(model, train_split, val_split, recipe, device=torch.device("cpu"), on_epoch=record)
+    with open(workdir / "reports/train_history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    timeline, clock = [], before_train_s
+    for row in history:
+        clock += float(row["epoch_seconds"])
+        timeline.append({"epoch": int(row["epoch"]), "wall_s": clock,
+                         "val_accuracy": float(row["val/accuracy"])})
     return timeline
 
 
@@ -263,6 +248,8 @@ def bench_pruning(data_dir: Path, workdir: Path) -> dict:
     from imgclf import tracking
 
     settings = load_settings(ROOT / "params.yaml")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     os.environ["DVC_ROOT"] = str(workdir)
     experiment = tracking.connect("bench-pruning", workdir)
     results = {}
@@ -296,31 +283,40 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
+SECTIONS = ("pipeline", "timeline", "data_path", "tracking", "scaling", "pruning")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS,
+                        help="rerun these sections, keeping the others' last results")
     args = parser.parse_args()
-    repeats = 2 if args.quick else 5
-    results: dict = {"machine": machine()}
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp) / "project"
-        workdir.mkdir()
-        print("pipeline (dvc repro from nothing)...", flush=True)
-        results["pipeline"] = pipeline = bench_pipeline(workdir)
-        data_dir, raw_dir = workdir / "data/processed", workdir / "data/raw"
-        print("accuracy over time...", flush=True)
-        results["timeline"] = bench_accuracy_over_time(data_dir, workdir,
-                                                       pipeline["before_train_s"])
-        print("data path...", flush=True)
-        results["data_path"] = bench_data_path(data_dir, raw_dir, 20000, repeats)
-        print("tracking overhead...", flush=True)
-        results["tracking"] = bench_tracking(data_dir, 3, repeats)
-        print("scaling...", flush=True)
-        results["scaling"] = bench_scaling(data_dir)
-        print("pruning...", flush=True)
-        results["pruning"] = bench_pruning(data_dir, Path(tmp))
+    repeats = 2 if args.quick else 3
     out = ROOT / "bench" / "results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    results = json.loads(out.read_text()) if args.only and out.exists() else {}
+    results["machine"] = machine()
+    # the pipeline's outputs (data, tuned values) feed the other sections
+    workdir = ROOT / "bench" / "work"
+    project = workdir / "project"
+    if not args.only or "pipeline" in args.only:
+        shutil.rmtree(workdir, ignore_errors=True)
+        project.mkdir(parents=True)
+    data_dir, raw_dir = project / "data/processed", project / "data/raw"
+    sections = {
+        "pipeline": lambda: bench_pipeline(project),
+        "timeline": lambda: accuracy_over_time(project, results["pipeline"]["before_train_s"]),
+        "data_path": lambda: bench_data_path(data_dir, raw_dir, 10000, repeats),
+        "tracking": lambda: bench_tracking(data_dir, 2, repeats),
+        "scaling": lambda: bench_scaling(data_dir),
+        "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
+    }
+    for name in args.only or SECTIONS:
+        print(f"{name}...", flush=True)
+        started = time.perf_counter()
+        results[name] = sections[name]()
+        print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")  # keep what is done so far
     (ROOT / "BENCHMARKS.md").write_text(report(results))
     print(f"wrote {out} and BENCHMARKS.md")
 

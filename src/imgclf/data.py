@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from imgclf.errors import UserError
 from imgclf.files import load_tensors, save_tensors, write_json
@@ -34,6 +33,11 @@ class Split:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> Split:
+        """The split on ``device``; on a GPU it is copied once, from pinned memory, and stays."""
+        device = torch.device(device)
+        if device.type == "cuda" and self.images.device.type == "cpu":
+            return Split(self.images.pin_memory().to(device, non_blocking=True),
+                         self.labels.pin_memory().to(device, non_blocking=True))
         return Split(self.images.to(device), self.labels.to(device))
 
     def take(self, index: torch.Tensor) -> Split:
@@ -64,6 +68,9 @@ def stratified_split(labels: torch.Tensor, first: int | float, seed: int
     Raises:
         UserError: the requested size leaves some class with no member on one side.
     """
+    # imported here: scikit-learn takes seconds to import and only two stages split data
+    from sklearn.model_selection import train_test_split
+
     index = torch.arange(len(labels))
     try:
         rest, chosen = train_test_split(index.numpy(), test_size=first, random_state=seed,

@@ -141,6 +141,12 @@ def _all_reduce(*values: torch.Tensor) -> list[float]:
     return stacked.tolist()
 
 
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 mixed precision on GPUs that support it; full precision (and exact) on CPU."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
     """Mean cross-entropy, accuracy and the predicted class of every image.
@@ -154,7 +160,8 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
     predictions = []
     for x, y in batches(split, batch_size * world, shard=(rank, world)):
-        logits = model(x)
+        with autocast(x.device):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         predicted = logits.argmax(dim=1)
         correct += (predicted == y).sum()
@@ -230,8 +237,9 @@ def fit(
                    total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch",
                    disable=not show_bar or rank > 0, leave=False, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            with autocast(device):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}, "
                                     f"batch {step + 1}; lower train.lr")
