@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gzip
+
 import mlflow
 import pytest
 import torch
@@ -7,9 +9,17 @@ import torch
 from imgclf import preprocess
 from imgclf.cli import run_stage
 from imgclf.data import channel_stats, load_meta, load_split, stratified_split
-from imgclf.datasets import DATASETS
+from imgclf.datasets import DATASETS, DataError
+from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
 
-from .conftest import PREPROCESS_ARGS, runs_of, write_cifar_archive
+from .conftest import (
+    FMNIST_DIR,
+    PREPROCESS_ARGS,
+    idx_bytes,
+    learnable_images,
+    runs_of,
+    write_cifar_archive,
+)
 
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():
@@ -83,3 +93,51 @@ def test_cifar10_binary_archive(tmp_path):
     assert splits["train"].images.shape == (80, 3, 32, 32)
     assert len(meta.mean) == 3 and len(meta.std) == 3
     assert meta.classes[0] == "airplane"
+
+
+def test_idx_round_trip(tmp_path):
+    images, _ = learnable_images(7, 10, (1, 28, 28), 0)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(images[:, 0])))
+    assert torch.equal(read_idx(path), images[:, 0])
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\x00\x0d\x01", idx_bytes(torch.zeros(5))[:-1]],
+                         ids=["empty", "float-type", "truncated"])
+def test_idx_rejects_bad_files(tmp_path, data):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="bad-idx1-ubyte"):
+        read_idx(path)
+
+
+def test_cifar_binary_records(tmp_path):
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    write_cifar_archive(path, per_batch=3, n_test=4)
+    splits = read_cifar_binary(path)
+    assert splits["train"][0].shape == (15, 3, 32, 32)
+    assert splits["test"][0].shape == (4, 3, 32, 32)
+    expected, labels = learnable_images(4, 10, (3, 32, 32), 0)
+    assert torch.equal(splits["test"][0], expected)
+    assert torch.equal(splits["test"][1], labels)
+
+
+def test_cifar_archive_missing_member(tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin")
+        info.size = 3073
+        archive.addfile(info, io.BytesIO(bytes(3073)))
+    with pytest.raises(DataError, match="missing member"):
+        read_cifar_binary(path)
+
+
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
+def test_debian_fashion_mnist_decodes():
+    splits = read_raw(DATASETS["fashion-mnist"], FMNIST_DIR)
+    assert splits["train"][0].shape == (60000, 1, 28, 28)
+    assert splits["test"][0].shape == (10000, 1, 28, 28)
+    assert torch.bincount(splits["test"][1]).tolist() == [1000] * 10

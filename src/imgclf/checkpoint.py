@@ -13,8 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from imgclf.errors import UserError
-from imgclf.files import load_tensors, save_tensors
 from imgclf.models import build_model
+from imgclf.tensorfiles import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 

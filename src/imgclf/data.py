@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.errors import UserError
-from imgclf.files import load_tensors, save_tensors, write_json
+from imgclf.files import write_json
+from imgclf.tensorfiles import load_tensors, save_tensors
 
 SPLITS = ("train", "val", "test")
 AUGMENTATIONS = ("none", "crop", "flip", "crop_flip")

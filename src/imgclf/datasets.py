@@ -1,5 +1,8 @@
 """The supported datasets: their published files and checksums, and readers for their formats.
 
+Decoding the files is the preprocess stage's job; this module stays free of torch so that
+the download stage starts quickly.
+
 Checksums are the ones torchvision ships for each archive. Debian's ``dataset-fashion-mnist``
 package normalises the gzip headers of the archives it installs (dropping the stored file name),
 so those bytes differ from upstream while the decompressed data is identical; each IDX file
@@ -11,12 +14,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from imgclf.errors import UserError
 
@@ -132,86 +132,3 @@ def verify(path: Path, expected: DataFile) -> str:
         except (OSError, EOFError, zlib.error):
             pass  # not a readable gzip file: reported as the archive mismatch below
     raise DataError(f"MD5 mismatch: got {actual}, expected {expected.md5}")
-
-
-# --- readers ---------------------------------------------------------------------------------
-
-_IDX_UBYTE = 0x08
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """Read a (gzipped) IDX file of unsigned bytes into a uint8 tensor."""
-    try:
-        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read IDX file: {exc}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        raise DataError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    if len(data) != header + (torch.tensor(dims).prod().item() if dims else 0):
-        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(data) - header}"
-                        " bytes of data")
-    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
-
-
-_CIFAR_RECORD = 1 + 3 * 32 * 32
-_CIFAR_MEMBERS = {
-    "train": [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)],
-    "test": ["cifar-10-batches-bin/test_batch.bin"],
-}
-
-
-def read_cifar_binary(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Read CIFAR-10's binary archive: fixed 3073-byte records (label, 3x32x32 pixels).
-
-    Only the known batch members are read, straight from the archive; nothing is extracted
-    to disk and nothing is unpickled.
-    """
-    splits = {}
-    try:
-        with tarfile.open(path, "r:gz") as archive:
-            for split, members in _CIFAR_MEMBERS.items():
-                chunks = []
-                for member in members:
-                    handle = archive.extractfile(member)
-                    if handle is None:
-                        raise DataError(f"{path}: {member} is not a regular file")
-                    chunks.append(handle.read())
-                raw = b"".join(chunks)
-                if len(raw) % _CIFAR_RECORD:
-                    raise DataError(f"{path}: {split} batches are not whole 3073-byte records")
-                records = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-                records = records.reshape(-1, _CIFAR_RECORD)
-                splits[split] = (records[:, 1:].reshape(-1, 3, 32, 32).clone(),
-                                 records[:, 0].long())
-    except KeyError as exc:
-        raise DataError(f"{path}: missing member {exc}") from None
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read CIFAR-10 archive: {exc}") from None
-    return splits
-
-
-def read_raw(spec: DatasetSpec, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Decode the downloaded files into ``{"train"|"test": (uint8 NCHW images, int64 labels)}``."""
-    if spec.name == "cifar10":
-        splits = read_cifar_binary(raw_dir / spec.files[0].name)
-    else:
-        splits = {}
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
-            labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz").long()
-            if images.ndim != 3 or labels.ndim != 1:
-                raise DataError(f"{raw_dir}: {split} IDX files have unexpected dimensions")
-            splits[split] = (images.unsqueeze(1), labels)
-    for split, (images, labels) in splits.items():
-        if tuple(images.shape[1:]) != spec.image_shape:
-            raise DataError(f"{raw_dir}: {split} images are {tuple(images.shape[1:])}, "
-                            f"{spec.name} has {spec.image_shape}")
-        if len(images) != len(labels):
-            raise DataError(f"{raw_dir}: {split} has {len(images)} images but "
-                            f"{len(labels)} labels")
-        if len(labels) and int(labels.max()) >= len(spec.classes):
-            raise DataError(f"{raw_dir}: {split} labels exceed the {len(spec.classes)} classes")
-    return splits

@@ -14,10 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
-from imgclf.errors import UserError
-
 
 def project_root() -> Path:
     """The project root: ``$DVC_ROOT`` under DVC, else the nearest folder holding ``dvc.yaml``.
@@ -61,26 +57,3 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def save_tensors(path: str | Path, data: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a dict of tensors and plain values (weights-only loadable)."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(data, handle)
-
-
-def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a file written by :func:`save_tensors` without unpickling arbitrary objects.
-
-    Anything else (a pickle carrying code, a truncated or foreign file) is refused.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{path}: refused: not a weights-only tensor file ({reason}). "
-            "Delete it and rerun the stage that writes it (dvc repro)."
-        ) from None

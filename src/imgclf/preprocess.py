@@ -9,7 +9,10 @@ from the training split only, so nothing about validation or test leaks into tra
 
 from __future__ import annotations
 
+import gzip
 import json
+import tarfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,11 +22,92 @@ from matplotlib.figure import Figure
 from imgclf import tracking
 from imgclf.cli import run_stage, stage_parser
 from imgclf.data import Meta, Split, channel_stats, save_splits, stratified_split
-from imgclf.datasets import DATASETS, DataError, DatasetSpec, read_raw
+from imgclf.datasets import DATASETS, DataError, DatasetSpec
 from imgclf.files import write_json
 from imgclf.settings import DataSettings, load_settings
 
 SAMPLES_PER_CLASS = 8
+
+
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read a (gzipped) IDX file of unsigned bytes into a uint8 tensor."""
+    try:
+        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read IDX file: {exc}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) != header + (torch.tensor(dims).prod().item() if dims else 0):
+        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(data) - header}"
+                        " bytes of data")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+_CIFAR_MEMBERS = {
+    "train": [f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)],
+    "test": ["cifar-10-batches-bin/test_batch.bin"],
+}
+
+
+def read_cifar_binary(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Read CIFAR-10's binary archive: fixed 3073-byte records (label, 3x32x32 pixels).
+
+    Only the known batch members are read, straight from the archive; nothing is extracted
+    to disk and nothing is unpickled.
+    """
+    splits = {}
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for split, members in _CIFAR_MEMBERS.items():
+                chunks = []
+                for member in members:
+                    handle = archive.extractfile(member)
+                    if handle is None:
+                        raise DataError(f"{path}: {member} is not a regular file")
+                    chunks.append(handle.read())
+                raw = b"".join(chunks)
+                if len(raw) % _CIFAR_RECORD:
+                    raise DataError(f"{path}: {split} batches are not whole 3073-byte records")
+                records = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                records = records.reshape(-1, _CIFAR_RECORD)
+                splits[split] = (records[:, 1:].reshape(-1, 3, 32, 32).clone(),
+                                 records[:, 0].long())
+    except KeyError as exc:
+        raise DataError(f"{path}: missing member {exc}") from None
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read CIFAR-10 archive: {exc}") from None
+    return splits
+
+
+def read_raw(spec: DatasetSpec, raw_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Decode the downloaded files into ``{"train"|"test": (uint8 NCHW images, int64 labels)}``."""
+    if spec.name == "cifar10":
+        splits = read_cifar_binary(raw_dir / spec.files[0].name)
+    else:
+        splits = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
+            labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz").long()
+            if images.ndim != 3 or labels.ndim != 1:
+                raise DataError(f"{raw_dir}: {split} IDX files have unexpected dimensions")
+            splits[split] = (images.unsqueeze(1), labels)
+    for split, (images, labels) in splits.items():
+        if tuple(images.shape[1:]) != spec.image_shape:
+            raise DataError(f"{raw_dir}: {split} images are {tuple(images.shape[1:])}, "
+                            f"{spec.name} has {spec.image_shape}")
+        if len(images) != len(labels):
+            raise DataError(f"{raw_dir}: {split} has {len(images)} images but "
+                            f"{len(labels)} labels")
+        if len(labels) and int(labels.max()) >= len(spec.classes):
+            raise DataError(f"{raw_dir}: {split} labels exceed the {len(spec.classes)} classes")
+    return splits
 
 
 def preprocess(raw_dir: Path, spec: DatasetSpec, cfg: DataSettings

@@ -58,8 +58,8 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
     """Everything that shapes a trial's result; a change starts a new study."""
     search = settings.tune.model_dump(
         mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
-    recipe = settings.train.model_dump(mode="json",
-                                       exclude={"epochs", "device", "threads", "processes"})
+    recipe = settings.train.model_dump(
+        mode="json", exclude={"epochs", "device", "threads", "processes", "tta"})
     return {"dataset": settings.data.dataset, "model": settings.train.model,
             "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
 
@@ -104,8 +104,10 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             "lr": trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True),
             "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
         }
+    # Trials rank learning rates and batch sizes; test-time flip averaging would double
+    # their validation cost without changing that ranking.
     recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads,
-                                     "processes": 1})
+                                     "processes": 1, "tta": "none"})
     trial.set_user_attr(studies.WORKER_ATTR, process_id())
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,

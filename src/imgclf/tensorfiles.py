@@ -1,0 +1,38 @@
+"""Tensor files: every ``.pt`` file the project writes or reads.
+
+They hold only tensors and plain values, so they load with ``torch.load(weights_only=True)``;
+a file carrying code is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclf.errors import UserError
+from imgclf.files import atomic_open
+
+
+def save_tensors(path: str | Path, data: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a dict of tensors and plain values (weights-only loadable)."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(data, handle)
+
+
+def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a file written by :func:`save_tensors` without unpickling arbitrary objects.
+
+    Anything else (a pickle carrying code, a truncated or foreign file) is refused.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: refused: not a weights-only tensor file ({reason}). "
+            "Delete it and rerun the stage that writes it (dvc repro)."
+        ) from None
