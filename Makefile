@@ -11,6 +11,7 @@ SERVE_PORT ?= 5001
 DB ?=
 ARTIFACTS ?= $(abspath mlartifacts)
 N ?= 10
+TEST_WORKERS ?= 2
 STORE := sqlite:///$(abspath mlruns)/mlflow.db
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
@@ -50,11 +51,14 @@ run: setup data ## set up everything, then run the whole pipeline (dvc repro)
 repro: ## rerun what changed (dvc repro)
 	$(BIN)/dvc repro
 
+# Test files run in parallel (TEST_WORKERS processes), each file's tests in one process.
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: setup ## run the test suite
-	$(BIN)/python -m pytest; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
+	$(PYTEST); code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
 
 test-fast: setup ## the tests not marked slow
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~20 min)
 	$(BIN)/python bench/run.py

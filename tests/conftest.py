@@ -1,11 +1,15 @@
-"""Shared fixtures: a tiny project (params, datasets in the real file formats, MLflow store)."""
+"""Shared fixtures: a tiny project (params, datasets in the real file formats, MLflow store),
+and helpers that drive a copy of the real project with DVC."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +26,7 @@ from imgclf.datasets import DataFile, DatasetSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+PACKAGE = REPO / "src" / "imgclf"
 
 # Small, fast settings layered over the repository's own params.yaml.
 TINY = {
@@ -215,3 +220,44 @@ TRAIN_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
 EVALUATE_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
                  "--metrics", "reports/metrics.json", "--per-class", "reports/per_class.json",
                  "--confusion", "reports/confusion.csv", "--confusion-png", "reports/confusion.png"]
+
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def dvc_env() -> dict[str, str]:
+    """A user's environment: this venv first on PATH, no test-only variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT") and not k.startswith("PYTEST")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails."""
+    done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+                   cwd=repo, check=True, capture_output=True)
+
+
+def make_repo(root: Path, **overrides) -> Path:
+    """A fresh clone-like project: the real dvc.yaml and code, params shrunk for speed."""
+    shutil.copytree(PACKAGE, root / "src" / "imgclf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    write_yaml(root / "params.yaml", repo_params(**{
+        "data.train_limit": 2000, "data.test_limit": 500, "train.epochs": 2,
+        "train.width": 8, "train.threads": 2, "tune.n_trials": 2, "tune.epochs": 1,
+        "tune.train_fraction": 0.5, **overrides}))
+    git(root, "init", "-q")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
+    return root

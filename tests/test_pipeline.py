@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ruamel.yaml import YAML
 
-from .conftest import FMNIST_DIR, REPO, repo_params, write_yaml
-
-PACKAGE = REPO / "src" / "imgclf"
+from .conftest import FMNIST_DIR, PACKAGE, REPO, dvc, git, make_repo
 
 
 def imported_modules(module: str) -> set[str]:
@@ -52,39 +49,6 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
         assert f"imgclf.{name} " in stage["cmd"]
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT") and not k.startswith("PYTEST")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-                   cwd=repo, check=True, capture_output=True)
-
-
-def make_repo(root: Path, **overrides) -> Path:
-    """A fresh clone-like project: the real dvc.yaml and code, params shrunk for speed."""
-    shutil.copytree(PACKAGE, root / "src" / "imgclf",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    write_yaml(root / "params.yaml", repo_params(**{
-        "data.train_limit": 2000, "data.test_limit": 500, "train.epochs": 2,
-        "train.width": 8, "train.threads": 2, "tune.n_trials": 2, "tune.epochs": 1,
-        "tune.train_fraction": 0.5, **overrides}))
-    git(root, "init", "-q")
-    dvc(root, "init", "-q")
-    dvc(root, "config", "core.analytics", "false")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return root
-
-
 def all_runs(repo: Path) -> list:
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
     client = MlflowClient()
@@ -108,6 +72,23 @@ class History:
         self.steps[step] = ([r for r in all_runs(self.repo) if r.info.run_id not in seen],
                             done.stdout)
 
+    def queue(self, step: str, *experiments: list[str], jobs: int = 2) -> None:
+        """Queue one experiment per ``-S`` list, run the queue with ``jobs`` workers."""
+        seen = {run.info.run_id for run in all_runs(self.repo)}
+        for sets in experiments:
+            dvc(self.repo, "exp", "run", "--queue", *(arg for s in sets for arg in ("-S", s)))
+        dvc(self.repo, "queue", "start", "-j", str(jobs))
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = dvc(self.repo, "queue", "status").stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("queued experiments did not finish")
+        self.steps[step] = ([r for r in all_runs(self.repo) if r.info.run_id not in seen],
+                            status)
+
     def runs(self, step: str, stage: str | None = None) -> list:
         runs = self.steps[step][0]
         return [r for r in runs if stage is None or r.data.tags["stage"] == stage]
@@ -117,9 +98,13 @@ class History:
                       if r.data.tags["stage"] != "tune-trial")
 
 
+QUEUED_LRS = ("0.002", "0.004")
+PIPELINE_RUNS = 6  # repro, the three experiments, the two queued ones
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    """A user's session: repro, repro again, then experiments changing one thing each."""
+    """A user's session: repro, repro again, experiments changing one thing each, a queue."""
     if not FMNIST_DIR.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is missing")
     session = History(make_repo(tmp_path_factory.mktemp("pipeline") / "repo"))
@@ -129,9 +114,10 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     git(session.repo, "commit", "-qm", "first run")
     session.run("epochs", "exp", "run", "-S", "train.epochs=3")
     session.run("lr", "exp", "run", "-S", "train.lr=0.05")
-    session.run("no-tuning", "exp", "run", "-S", "tune.enabled=false", "-S", "train.lr=0.05")
     # raising n_trials resumes the lr=0.05 study of step "lr"
-    session.run("more-trials", "exp", "run", "-S", "tune.enabled=true", "-S", "tune.n_trials=3")
+    session.run("more-trials", "exp", "run", "-S", "tune.n_trials=3")
+    # two untuned experiments through DVC's queue, run side by side
+    session.queue("queue", *(["tune.enabled=false", f"train.lr={lr}"] for lr in QUEUED_LRS))
     return session
 
 
@@ -165,7 +151,9 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
     processed = next(o for o in lock["preprocess"]["outs"] if o["path"] == "data/processed")
     assert train_run.data.tags["dvc.md5/data/processed"] == processed["md5"]
     # every stage's metrics file names the MLflow run that wrote it (the latest of its stage)
-    latest = {r.data.tags["stage"]: r.info.run_id for r in all_runs(repo)}
+    queued = {r.info.run_id for r in history.runs("queue")}  # never applied to the workspace
+    latest = {r.data.tags["stage"]: r.info.run_id for r in all_runs(repo)
+              if r.info.run_id not in queued}
     for stage, name in (("download", "download_metrics"), ("preprocess", "preprocess_metrics"),
                         ("tune", "tune_metrics"), ("train", "train_metrics"),
                         ("evaluate", "metrics")):
@@ -175,7 +163,10 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
 
 @pytest.mark.slow
 def test_final_model_uses_the_tuned_values(history):
-    (train_run,) = history.runs("more-trials", "train")
+    # the workspace's model: from step "lr", or "more-trials" if its extra trial won
+    run_id = json.loads((history.repo / "reports/train_metrics.json").read_text())[
+        "mlflow_run_id"]
+    (train_run,) = [r for r in all_runs(history.repo) if r.info.run_id == run_id]
     tuned = best_params(history.repo)
     assert float(train_run.data.params["train.lr"]) == tuned["lr"]
     assert train_run.data.params["train.batch_size"] == str(tuned["batch_size"])
@@ -221,15 +212,34 @@ def test_new_learning_rate_is_the_baseline_trial_of_a_new_search(history):
 
 @pytest.mark.slow
 def test_disabled_tuning_trains_with_params_yaml_values(history):
-    (train_run,) = history.runs("no-tuning", "train")
-    assert train_run.data.params["train.lr"] == "0.05"
-    assert history.runs("no-tuning", "tune-trial") == []
+    trained = sorted(r.data.params["train.lr"] for r in history.runs("queue", "train"))
+    assert trained == list(QUEUED_LRS)
+    assert history.runs("queue", "tune-trial") == []
+
+
+@pytest.mark.slow
+def test_queued_experiments_land_in_the_workspace_store(history):
+    status = history.steps["queue"][1]
+    assert status.count("Success") == len(QUEUED_LRS), status
+    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    for name in names:
+        assert "database is locked" not in dvc(history.repo, "queue", "logs", name).stdout
+    runs = history.runs("queue")
+    pipelines = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    assert len(pipelines) == len(QUEUED_LRS)
+    assert {r.data.tags["dvc_exp_name"] for r in pipelines} == set(names)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not (history.repo / ".dvc" / "tmp" / "exps" / "mlruns").exists()
 
 
 @pytest.mark.slow
 def test_raising_n_trials_adds_only_the_new_trials(history):
     trials = history.runs("more-trials", "tune-trial")
     assert [r.data.tags["optuna_trial"] for r in trials] == ["2"]
+    # unless the new trial beat the best, the tuned values and so the model are unchanged:
+    # DVC then skips training and evaluation
+    assert history.stages("more-trials") in (["pipeline", "tune"],
+                                             ["evaluate", "pipeline", "train", "tune"])
 
 
 @pytest.mark.slow
@@ -254,7 +264,8 @@ def test_registry_champion_is_the_best_evaluated_model(history):
     mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
     client = MlflowClient()
     versions = client.search_model_versions("name = 'fashion-mnist-classifier'")
-    assert len(versions) == 5  # one per trained model
+    trained = [r for r in all_runs(history.repo) if r.data.tags["stage"] == "train"]
+    assert len(versions) == len(trained)  # one per trained model
     champion = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
     best = max(float(v.tags["test/accuracy"]) for v in versions)
     assert float(champion.tags["test/accuracy"]) == best
@@ -343,11 +354,17 @@ def test_tracking_server_rest_api_ranks_pipeline_runs(history, server):
                                      headers={"Content-Type": "application/json"})
     runs = json.loads(urllib.request.urlopen(request).read())["runs"]
 
-    assert len(runs) == 5
+    assert len(runs) == PIPELINE_RUNS
+    # a pipeline run whose model DVC found up to date has no test scores of its own: last
+    evaluated = [run for run in runs if "test/accuracy" in {
+        m["key"] for m in run["data"].get("metrics", [])}]
+    assert runs[:len(evaluated)] == evaluated
+    assert len(evaluated) == len([r for r in all_runs(history.repo)
+                                  if r.data.tags["stage"] == "evaluate"])
     accuracies = [{m["key"]: m["value"] for m in run["data"]["metrics"]}["test/accuracy"]
-                  for run in runs]
+                  for run in evaluated]
     assert accuracies == sorted(accuracies, reverse=True)
-    for run in runs:
+    for run in evaluated:
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert params["data.dataset"] == "fashion-mnist"
@@ -361,95 +378,9 @@ def test_compare_prints_a_leaderboard(history):
                           cwd=history.repo, capture_output=True, text=True, check=True,
                           env={k: v for k, v in os.environ.items() if k != "DVC_ROOT"})
     out = done.stdout
-    assert "last 5 pipeline runs" in out
+    assert f"last {PIPELINE_RUNS} pipeline runs" in out
     assert "train.lr" in out and "train.epochs" in out  # params that differ
     assert "data.dataset" not in out  # params that don't
     for run in history.runs("epochs", "pipeline") + history.runs("lr", "pipeline"):
         assert run.info.run_id in out
         assert run.data.tags["dvc_exp_name"] in out
-
-
-@pytest.mark.slow
-def test_queued_experiments_land_in_the_workspace_store(tmp_path):
-    if not FMNIST_DIR.is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is missing")
-    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
-    dvc(repo, "repro")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline")
-    before = len(all_runs(repo))
-    for lr in ("0.002", "0.004", "0.008"):
-        dvc(repo, "exp", "run", "--queue", "-S", f"train.lr={lr}")
-    dvc(repo, "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = dvc(repo, "queue", "status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("queued experiments did not finish")
-    assert status.count("Success") == 3, status
-    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
-    for name in names:
-        assert "database is locked" not in dvc(repo, "queue", "logs", name).stdout
-    runs = all_runs(repo)[before:]
-    pipelines = [r for r in runs if r.data.tags["stage"] == "pipeline"]
-    assert len(pipelines) == 3
-    assert len({r.data.tags["dvc_exp_name"] for r in pipelines}) == 3
-    trained = sorted(r.data.params["train.lr"] for r in runs if r.data.tags["stage"] == "train")
-    assert trained == ["0.002", "0.004", "0.008"]
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert not (repo / ".dvc" / "tmp" / "exps" / "mlruns").exists()
-
-
-@pytest.mark.slow
-def test_second_concurrent_repro_is_refused_by_dvcs_lock(tmp_path):
-    if not FMNIST_DIR.is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is missing")
-    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT") and not k.startswith("PYTEST")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    dvc_bin = str(Path(sys.executable).parent / "dvc")
-    first = subprocess.Popen([dvc_bin, "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not (repo / ".dvc/tmp/rwlock").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1)
-    second = subprocess.run([dvc_bin, "repro"], cwd=repo, env=env, capture_output=True,
-                            text=True)
-    assert first.wait(timeout=600) == 0, first.stdout.read()
-    assert second.returncode != 0
-    assert "lock" in (second.stdout + second.stderr).lower()
-    # the first finished with outputs that match its dvc.lock
-    assert "Data and pipelines are up to date" in dvc(repo, "status").stdout + dvc(
-        repo, "repro").stdout
-    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] > 0.3
-
-
-@pytest.mark.slow
-def test_remote_push_then_pull_in_a_fresh_clone_needs_no_retraining(tmp_path):
-    if not FMNIST_DIR.is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is missing")
-    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False, "train.epochs": 1})
-    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the default remote
-    assert dvc(repo, "remote", "default").stdout.strip() == "local"
-    storage = tmp_path / "remote"
-    dvc(repo, "remote", "modify", "--local", "local", "url", str(storage))
-    dvc(repo, "repro")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "trained")
-    dvc(repo, "push")
-
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    dvc(clone, "remote", "modify", "--local", "local", "url", str(storage))
-    dvc(clone, "pull")
-
-    assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
-    assert "Data and pipelines are up to date" in dvc(clone, "repro").stdout
-    assert not (clone / "mlruns").exists()  # no stage ran
-    for path in ("models/model.pt", "data/processed/train.pt", "reports/metrics.json"):
-        assert (clone / path).read_bytes() == (repo / path).read_bytes()

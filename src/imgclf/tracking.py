@@ -418,7 +418,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
         process = run.data.tags.get(PROCESS_TAG)
         if process and not is_alive(process):
             client.set_tag(run.info.run_id, "error",
-                           f"process {process} ended without closing the run (killed?)")
+                           f"process {process} died without closing the run (killed?)")
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed

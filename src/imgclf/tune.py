@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text(args.best, best_params_yaml(best["lr"], best["batch_size"], source,
                                                run.lineage))
         write_json(args.metrics, summary)
+        run.log_to_pipeline(params={"tuned/lr": best["lr"], "tuned/batch_size": best["batch_size"]})
         print(f"lr {best['lr']:.6g}, batch size {best['batch_size']} ({source})")
     return 0
 
