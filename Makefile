@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro test test-fast lint bench ui server serve compare clean
+.PHONY: help setup data run repro exp test test-fast lint bench bench-long ui server serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ run: setup data ## set up everything, then run the whole pipeline (dvc repro)
 repro: ## rerun what changed (dvc repro)
 	$(BIN)/dvc repro
 
+exp: setup ## one DVC experiment with a preset's values: make exp PRESET=long (presets/)
+	@test -n "$(PRESET)" || { echo "set PRESET=name, one of: $$(ls presets | sed 's/\.yaml$$//')"; exit 2; }
+	@args=$$($(BIN)/python -m imgclf.presets "$(PRESET)") && eval '$(BIN)/dvc exp run' "$$args"
+
 # Test files run in parallel (TEST_WORKERS processes), each file's tests in one process.
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
@@ -62,6 +66,9 @@ test-fast: setup ## the tests not marked slow
 
 bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~20 min)
 	$(BIN)/python bench/run.py
+
+bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~1 h)
+	$(BIN)/python bench/run.py --only preset
 
 lint: setup ## ruff
 	$(BIN)/ruff check src tests

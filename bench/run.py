@@ -207,6 +207,33 @@ def bench_pipeline(workdir: Path) -> dict:
             "peak_rss_bytes": memory.peaks, "noop_repro": noop, "log": log[-4000:]}
 
 
+def bench_preset(project: Path, name: str = "long") -> dict:
+    """``make exp PRESET=name`` on the pipeline's project (its data already prepared)."""
+    from ruamel.yaml import YAML
+
+    from imgclf import presets
+
+    if not (project / "dvc.lock").is_file():
+        raise SystemExit("run `make bench` first: the preset trains on its prepared project")
+    path = ROOT / "presets" / f"{name}.yaml"
+    yaml = YAML(typ="safe")
+    _, values = presets.apply(yaml.load((project / "params.yaml").read_text()),
+                              yaml.load(path.read_text()), str(path))
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    started = time.perf_counter()
+    done = subprocess.run([BIN / "dvc", "exp", "run", *(a for v in values for a in ("-S", v))],
+                          cwd=project, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"dvc exp run failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    train_metrics = json.loads((project / "reports/train_metrics.json").read_text())
+    return {"name": name, "values": values, "wall_s": time.perf_counter() - started,
+            "test_accuracy": metrics["test"]["accuracy"],
+            "val_best_accuracy": train_metrics["val"]["best_accuracy"],
+            "train_s": train_metrics["train_seconds"]}
+
+
 def accuracy_over_time(workdir: Path, before_train_s: float) -> list[dict]:
     """Validation accuracy after each epoch of the pipeline's own training, on its clock.
 
@@ -284,17 +311,19 @@ def machine() -> dict:
 
 
 SECTIONS = ("pipeline", "timeline", "data_path", "tracking", "scaling", "pruning")
+OPTIONAL = ("preset",)  # long: only with --only (make bench-long)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS,
+    parser.add_argument("--only", nargs="+", choices=SECTIONS + OPTIONAL,
                         help="rerun these sections, keeping the others' last results")
     args = parser.parse_args()
     repeats = 2 if args.quick else 3
     out = ROOT / "bench" / "results.json"
-    results = json.loads(out.read_text()) if args.only and out.exists() else {}
+    kept = json.loads(out.read_text()) if out.exists() else {}
+    results = kept if args.only else {k: v for k, v in kept.items() if k in OPTIONAL}
     results["machine"] = machine()
     # the pipeline's outputs (data, tuned values) feed the other sections
     workdir = ROOT / "bench" / "work"
@@ -310,6 +339,7 @@ def main() -> None:
         "tracking": lambda: bench_tracking(data_dir, 2, repeats),
         "scaling": lambda: bench_scaling(data_dir),
         "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
+        "preset": lambda: bench_preset(project),
     }
     for name in args.only or SECTIONS:
         print(f"{name}...", flush=True)

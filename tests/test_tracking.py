@@ -141,7 +141,7 @@ def test_concurrent_writers_to_the_sqlite_store(project, client):
         run_id = run.run_id
     uri = tracking.tracking_uri(project)
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_log_many, args=(uri, run_id, i, 200)) for i in range(4)]
+    workers = [context.Process(target=_log_many, args=(uri, run_id, i, 500)) for i in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -149,7 +149,7 @@ def test_concurrent_writers_to_the_sqlite_store(project, client):
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]  # no "database is locked"
     for i in range(4):
         history = client.get_metric_history(run_id, f"worker{i}")
-        assert sorted(m.step for m in history) == list(range(200))
+        assert sorted(m.step for m in history) == list(range(500))
 
 
 def test_run_left_running_by_a_dead_process_is_closed_at_next_start(project, client):
