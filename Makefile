@@ -64,7 +64,7 @@ test: setup ## run the test suite
 test-fast: setup ## the tests not marked slow
 	$(PYTEST) -m "not slow"
 
-bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~20 min)
+bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~11 min)
 	$(BIN)/python bench/run.py
 
 bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~1 h)
