@@ -67,7 +67,7 @@ test-fast: setup ## the tests not marked slow
 bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~11 min)
 	$(BIN)/python bench/run.py
 
-bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~1 h)
+bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~35 min)
 	$(BIN)/python bench/run.py --only preset
 
 lint: setup ## ruff

@@ -24,7 +24,7 @@ def _preset(result: dict | None) -> list[str]:
     lines = ["## The longer preset (`make exp PRESET=long`)", ""]
     if result is None:
         return [*lines, "Not measured yet: `make bench-long` runs it on the benchmark's "
-                "project (about an hour on 2 CPU cores). Goal: >= 0.945 test accuracy.", ""]
+                "project (about 35 minutes on 2 CPU cores). Goal: >= 0.945 test accuracy.", ""]
     ok = result["test_accuracy"] >= GOALS["long_accuracy"]
     values = ", ".join(f"`{value}`" for value in result["values"])
     return [*lines, f"`dvc exp run` with {values} took **{result['wall_s'] / 60:.0f} min** "
