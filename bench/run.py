@@ -158,13 +158,19 @@ class PeakRSS:
         self._thread.join()
 
 
+def user_env() -> dict[str, str]:
+    """The environment a user's ``dvc`` gets: this venv first on PATH, the project's own store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
 def bench_pipeline(workdir: Path) -> dict:
     """The default ``dvc repro`` from nothing: wall time, test accuracy, stage memory."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, workdir / name)
     shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env = user_env()
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run([*git, "init", "-q"], cwd=workdir, check=True)
     subprocess.run([BIN / "dvc", "init", "-q"], cwd=workdir, check=True, env=env)
@@ -219,8 +225,7 @@ def bench_preset(project: Path, name: str = "long") -> dict:
     yaml = YAML(typ="safe")
     _, values = presets.apply(yaml.load((project / "params.yaml").read_text()),
                               yaml.load(path.read_text()), str(path))
-    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env = user_env()
     started = time.perf_counter()
     done = subprocess.run([BIN / "dvc", "exp", "run", *(a for v in values for a in ("-S", v))],
                           cwd=project, env=env, capture_output=True, text=True)

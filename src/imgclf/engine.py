@@ -123,7 +123,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainSettings, tota
     return None
 
 
-@torch.no_grad()
 def distributed() -> tuple[int, int]:
     """``(rank, world size)`` of this process in data-parallel training, ``(0, 1)`` alone."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

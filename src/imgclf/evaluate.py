@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   if k == "val/best_accuracy"}})
         summary = {"test": {key.removeprefix("test/"): value for key, value in scores.items()},
                    "mlflow_run_id": run.run_id}
-        if name := settings.evaluate.model_name(settings.data.dataset):
+        name = settings.evaluate.model_name(settings.data.dataset)
+        if name and "mlflow_model_uri" in info:  # a model the train stage logged to MLflow
             summary |= register(name, info, scores, settings.evaluate.champion_metric, run)
         write_json(args.metrics, summary)
         print(f"test accuracy {report.accuracy:.4f}, loss {report.loss:.4f}, "
