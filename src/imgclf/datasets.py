@@ -1,4 +1,4 @@
-"""The supported datasets: their published files and checksums, and readers for their formats.
+"""The supported datasets: their published files, checksums and classes.
 
 Decoding the files is the preprocess stage's job; this module stays free of torch so that
 the download stage starts quickly.
