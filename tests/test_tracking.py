@@ -207,6 +207,9 @@ def team_server(tmp_path):
             break
         except OSError:
             time.sleep(0.5)
+    else:
+        os.killpg(server.pid, signal.SIGTERM)
+        pytest.fail(f"mlflow server did not answer:\n{(tmp_path / 'server.log').read_text()}")
     yield url, tmp_path / "artifacts"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
