@@ -180,11 +180,10 @@ POSTGRES = os.environ.get("IMGCLF_TEST_POSTGRES_URL")
 @pytest.fixture
 def team_server(tmp_path):
     """``make server``'s command on a fresh PostgreSQL database and a free loopback port."""
-    import psycopg2
+    import psycopg
 
     name = f"imgclf_server_{os.getpid()}_{time.time_ns()}"
-    admin = psycopg2.connect(POSTGRES)
-    admin.autocommit = True
+    admin = psycopg.connect(POSTGRES, autocommit=True)
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -57,8 +57,6 @@ def open_storage(url: str) -> BaseStorage:
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                       engine_kwargs={"pool_pre_ping": True})
 
