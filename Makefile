@@ -22,10 +22,12 @@ FMNIST := /usr/share/datasets/fashion-mnist
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# pip writes bytecode at install time (even under PYTHONDONTWRITEBYTECODE), so every stage
+# process imports torch and MLflow in ~5 s instead of ~12 s.
 $(BIN)/dvc: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
