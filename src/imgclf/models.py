@@ -52,9 +52,11 @@ def _conv_pool_bn(c_in: int, c_out: int) -> list[nn.Module]:
 def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
     """A small convnet for 28x28 grey images: three conv-pool-BN-ReLU blocks, two FC layers.
 
-    Pooling before batch norm and ReLU leaves the accuracy as it is and trains about a
-    quarter faster on CPU. The third block works at 7x7, where more channels cost little: on
-    two CPU cores it adds about a point of test accuracy over two blocks.
+    Pooling before batch norm and ReLU makes a training step about a quarter faster on CPU.
+    At equal epochs it costs about a third of a point of test accuracy; the epochs it buys
+    win that back (14 epochs in less time than 11 of conv-BN-ReLU-pool). The third block
+    works at 7x7, where more channels cost little: on two CPU cores it adds about a point of
+    test accuracy over two blocks.
     """
     channels, height, _ = in_shape
     return nn.Sequential(
