@@ -67,3 +67,19 @@ def test_unknown_preset_lists_the_known_ones(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert run_stage(presets.main, ["longest"]) == 2
     assert "no preset 'longest' in presets/ (known: long)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train: [width\n", "not valid YAML"),
+    (None, "file not found"),
+])
+def test_unreadable_preset_file_is_named_with_the_problem(tmp_path, capsys, monkeypatch, text,
+                                                           message):
+    monkeypatch.chdir(REPO)
+    preset = tmp_path / "mine.yaml"
+    if text is not None:
+        preset.write_text(text)
+    assert run_stage(presets.main, [str(preset)]) == 2
+    err = capsys.readouterr().err
+    assert str(preset) in err and message in err
+    assert "Traceback" not in err

@@ -15,12 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
-
 from imgclf.cli import run_stage, stage_parser
 from imgclf.errors import UserError
-from imgclf.settings import Settings, SettingsError, parse_settings
+from imgclf.settings import Settings, SettingsError, parse_settings, read_yaml
 
 PRESETS_DIR = Path("presets")
 
@@ -41,15 +38,6 @@ def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, YAMLError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}".replace("\n", " ")) from None
 
 
 def resolve(name: str, presets_dir: Path = PRESETS_DIR) -> Path:
@@ -84,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets-dir", type=Path, default=PRESETS_DIR)
     args = parser.parse_args(argv)
     path = resolve(args.preset, args.presets_dir)
-    _, values = apply(_read_yaml(args.params) or {}, _read_yaml(path), str(path))
+    params = read_yaml(args.params, "; run from the project root") or {}
+    _, values = apply(params, read_yaml(path), str(path))
     print(" ".join(shlex.quote(arg) for value in values for arg in ("-S", value)))
     return 0
 

@@ -261,20 +261,27 @@ def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
         ) from None
 
 
-def load_settings(path: str | Path = "params.yaml") -> Settings:
-    """Read and validate ``params.yaml``."""
+def read_yaml(path: str | Path, if_missing: str = "") -> Any:
+    """The data in a YAML file; a missing, unreadable or malformed file is a SettingsError.
+
+    ``if_missing`` is appended to the message for a missing file (what to do about it).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SettingsError(f"{path}: file not found; run from the project root") from None
+        raise SettingsError(f"{path}: file not found{if_missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}") from None
     try:
-        raw = YAML(typ="safe", pure=True).load(text)
+        return YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
-    return parse_settings(raw, str(path))
+
+
+def load_settings(path: str | Path = "params.yaml") -> Settings:
+    """Read and validate ``params.yaml``."""
+    return parse_settings(read_yaml(path, "; run from the project root"), str(path))
 
 
 TUNED_KEYS = ("lr", "batch_size")
