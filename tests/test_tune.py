@@ -275,6 +275,8 @@ def test_bad_best_params_file_is_refused(tune_params, project, capsys):
     ({"tune.storage": "postgresql://me:secret@db/optuna"}, "must not contain a password"),
     ({"tune.storage": "../elsewhere.journal"}, "stay inside the project"),
     ({"tune.storage": "redis://localhost"}, "unsupported database 'redis'"),
+    # no MySQL driver is installed: refused up front rather than failing at import
+    ({"tune.storage": "mysql://optuna@db/optuna"}, "unsupported database 'mysql'"),
     ({"tune.lr": {"low": 0.1, "high": 0.01}}, "must be below high"),
     ({"tune.batch_size": [32, 0]}, "positive integers"),
     ({"tune.pruner": "asha"}, "'median', 'hyperband' or 'none'"),

@@ -103,8 +103,8 @@ class LogRange(_Section):
         return self
 
 
-STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql",
-                   "mysql+pymysql", "sqlite")
+# the databases whose drivers the project installs
+STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite")
 
 
 class TuneSettings(_Section):
