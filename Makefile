@@ -73,7 +73,7 @@ bench-long: setup ## the longer preset (presets/long.yaml) on make bench's proje
 	$(BIN)/python bench/run.py --only preset
 
 lint: setup ## ruff
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
