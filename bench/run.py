@@ -215,16 +215,13 @@ def bench_pipeline(workdir: Path) -> dict:
 
 def bench_preset(project: Path, name: str = "long") -> dict:
     """``make exp PRESET=name`` on the pipeline's project (its data already prepared)."""
-    from ruamel.yaml import YAML
-
     from imgclf import presets
+    from imgclf.settings import read_yaml
 
     if not (project / "dvc.lock").is_file():
         raise SystemExit("run `make bench` first: the preset trains on its prepared project")
     path = ROOT / "presets" / f"{name}.yaml"
-    yaml = YAML(typ="safe")
-    _, values = presets.apply(yaml.load((project / "params.yaml").read_text()),
-                              yaml.load(path.read_text()), str(path))
+    _, values = presets.apply(read_yaml(project / "params.yaml"), read_yaml(path), str(path))
     env = user_env()
     started = time.perf_counter()
     done = subprocess.run([BIN / "dvc", "exp", "run", *(a for v in values for a in ("-S", v))],
