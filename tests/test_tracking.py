@@ -64,7 +64,8 @@ def test_run_tags_name_stage_dataset_and_commit(project, client, monkeypatch):
     assert tags["stage"] == "evaluate"
     assert tags["dataset"] == "fashion-mnist"
     assert tags["dvc_exp_name"] == "brisk-lamb"
-    assert client.get_run(run_id).data.params["evaluate.batch_size"] == "512"
+    logged = client.get_run(run_id).data.params
+    assert logged["evaluate.batch_size"] == str(settings.evaluate.batch_size)
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):
