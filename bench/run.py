@@ -110,7 +110,7 @@ def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
         experiment = tracking.connect("bench-tracking", Path(tmp))
 
         def run(logged: bool) -> float:
-            set_determinism(recipe.seed, recipe.threads)
+            set_determinism(recipe.seed, recipe.threads, torch.device("cpu"))
             model = architecture(recipe, meta).build()
             started = time.perf_counter()
             if logged:
@@ -261,7 +261,7 @@ def bench_scaling(data_dir: Path) -> list[dict]:
     rows = []
     for fraction in (0.1, 0.25, 0.5, 1.0):
         subset = train_split.take(torch.arange(int(len(train_split) * fraction)))
-        set_determinism(recipe.seed, recipe.threads)
+        set_determinism(recipe.seed, recipe.threads, torch.device("cpu"))
         model = architecture(recipe, meta).build()
         result = fit(model, subset, Split(val_split.images[:0], val_split.labels[:0]), recipe,
                      device=torch.device("cpu"))

@@ -8,7 +8,7 @@ import torch
 
 from imgclf import preprocess
 from imgclf.cli import run_stage
-from imgclf.data import channel_stats, load_meta, load_split, stratified_split
+from imgclf.data import Split, channel_stats, load_meta, load_split, stratified_split
 from imgclf.datasets import DATASETS, DataError
 from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
 
@@ -41,6 +41,24 @@ def test_channel_stats_are_per_channel():
     mean, std = channel_stats(images)
     assert mean == pytest.approx([0.0, 1.0, 0.5])
     assert std[0] == pytest.approx(0.0) and std[2] > 0.4
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sample_grid_shows_each_class_in_its_labelled_row(channels):
+    # every image of class c is filled with the value 20 * c, so each row can be recognised
+    labels = torch.arange(30) % 3
+    images = (labels * 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, channels, 4, 5)
+    figure = preprocess.sample_grid(Split(images.contiguous(), labels), ["a", "b", "c"],
+                                    per_class=2)
+    (ax,) = figure.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    shown = torch.as_tensor(ax.get_images()[0].get_array())
+    cell_h, cell_w = 4 + 2, 5 + 2
+    assert shown.shape[:2] == (3 * cell_h, 2 * cell_w)
+    for row in range(3):
+        for col in range(2):
+            cell = shown[row * cell_h:row * cell_h + 4, col * cell_w:col * cell_w + 5]
+            assert (cell == 20 * row).all(), (row, col)
 
 
 def test_stage_writes_weights_only_splits_and_logs(processed, client):

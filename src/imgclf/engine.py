@@ -88,21 +88,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_determinism(seed: int, threads: int) -> None:
-    """Seed every RNG and pick deterministic kernels, so a CPU run repeats exactly.
+def set_determinism(seed: int, threads: int, device: torch.device) -> None:
+    """Seed every RNG and fix the thread count, so a run repeats exactly on the same machine.
 
-    ``threads=0`` shares the cores among the data-parallel processes on this machine.
+    ``threads=0`` shares the cores among the data-parallel processes on this machine. CPU
+    kernels already give the same result for the same thread count; on CUDA this also picks
+    deterministic kernels (cuDNN's autotuned ones are not).
     """
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_processes))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    # deterministic mode also fills every new tensor with NaN to expose reads of unset
-    # memory; that costs ~5 % of a CPU training step and changes no result
-    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
+    if device.type == "cuda":
+        # not on CPU: the switch imports torch's compiler stack, ~2 s per process
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # it also fills every new tensor with NaN to expose reads of unset memory; that
+        # costs time and changes no result
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def make_optimizer(model: nn.Module, recipe: TrainSettings) -> torch.optim.Optimizer:
@@ -156,7 +160,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
     In data-parallel training each process scores its shard and the sums are all-reduced, so
     loss and accuracy cover the whole split (``predictions`` then holds the local shard's).
     """
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # the batches' layout: ~2x faster on CPU
     rank, world = distributed()
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)

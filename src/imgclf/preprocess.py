@@ -137,19 +137,30 @@ def preprocess(raw_dir: Path, spec: DatasetSpec, cfg: DataSettings
 
 
 def sample_grid(split: Split, classes: list[str], per_class: int = SAMPLES_PER_CLASS) -> Figure:
-    """A figure with one row of sample images per class."""
-    figure = Figure(figsize=(per_class * 0.9, len(classes) * 0.95))
-    axes = figure.subplots(len(classes), per_class, squeeze=False)
-    for row, name in enumerate(classes):
+    """A figure with one row of sample images per class, labelled with the class names.
+
+    The samples are tiled into one image first: one axes draws in a fraction of the time
+    of one axes per sample.
+    """
+    channels, height, width = split.images.shape[1:]
+    cell_h, cell_w = height + 2, width + 2  # a 2-pixel white gap between samples
+    canvas = torch.full((len(classes) * cell_h, per_class * cell_w, channels), 255,
+                        dtype=torch.uint8)
+    for row in range(len(classes)):
         picks = torch.nonzero(split.labels == row).flatten()[:per_class]
-        for col in range(per_class):
-            ax = axes[row][col]
-            ax.axis("off")
-            if col < len(picks):
-                image = split.images[picks[col]].permute(1, 2, 0).squeeze(-1)
-                ax.imshow(image.numpy(), cmap="gray" if image.ndim == 2 else None,
-                          vmin=0, vmax=255)
-        axes[row][0].set_title(name, fontsize=7, loc="left")
+        for col, index in enumerate(picks.tolist()):
+            canvas[row * cell_h:row * cell_h + height, col * cell_w:col * cell_w + width] = \
+                split.images[index].permute(1, 2, 0)
+    figure = Figure(figsize=(per_class * 0.7 + 1.2, len(classes) * 0.7))
+    ax = figure.add_subplot()
+    ax.imshow(canvas.squeeze(-1).numpy(), cmap="gray" if channels == 1 else None,
+              vmin=0, vmax=255)
+    ax.set_yticks([row * cell_h + height / 2 for row in range(len(classes))], classes,
+                  fontsize=7)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     figure.tight_layout()
     return figure
 

@@ -62,8 +62,8 @@ def train(
     With a ``checkpoint`` path the training state is saved there after every epoch, and a
     state left by an interrupted run of the same recipe on the same data is resumed.
     """
-    set_determinism(recipe.seed, recipe.threads)
     device = resolve_device(recipe.device)
+    set_determinism(recipe.seed, recipe.threads, device)
     model = architecture(recipe, meta).build()
     if checkpoint is None:
         return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe = settings.train
     meta = load_meta(args.data)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
-    resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
+    device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
     launched = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun
     if recipe.processes > 1 and not launched:
         relaunch_with_torchrun(recipe.processes, sys.argv[1:] if argv is None else argv)
     if launched:
         torch.distributed.init_process_group(
-            "nccl" if resolve_device(recipe.device).type == "cuda" else "gloo")
+            "nccl" if device.type == "cuda" else "gloo")
         if torch.distributed.get_rank() > 0:
             # every process trains its shard; only the first tracks and writes outputs
             train(train_split, val_split, meta, recipe, checkpoint=args.checkpoint)
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                             declared=declared) as run:
         run.log_params({"train_size": len(train_split), "val_size": len(val_split),
                         "hyperparams_from": str(args.best_params or args.params),
-                        "deterministic_algorithms": True, "cudnn_benchmark": False})
+                        "deterministic_algorithms": device.type == "cuda",
+                        "cudnn_benchmark": False})
         logged: set[int] = set()
 
         def log_epoch(stats: EpochStats) -> None:
