@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from imgclf import studies, tune
 from imgclf.data import Split, batches, load_meta, load_split
-from imgclf.engine import fit, set_determinism
+from imgclf.engine import EpochStats, fit, set_determinism
 from imgclf.settings import load_settings
 from imgclf.train import architecture
 
@@ -39,7 +39,12 @@ BIN = Path(sys.executable).parent
 
 
 def interleave(a: Callable[[], float], b: Callable[[], float], repeats: int) -> dict:
-    """Run ``a`` and ``b`` alternately; each returns a time. Ratio = time(b) / time(a)."""
+    """Run ``a`` and ``b`` alternately; each returns a time. Ratio = time(b) / time(a).
+
+    One untimed run of each comes first: the first run in a process also pays one-time
+    costs (kernel set-up, caches) that belong to neither side.
+    """
+    a(), b()
     times_a, times_b = [], []
     for _ in range(repeats):
         times_a.append(a())
@@ -47,6 +52,19 @@ def interleave(a: Callable[[], float], b: Callable[[], float], repeats: int) -> 
     ratios = [tb / ta for ta, tb in zip(times_a, times_b, strict=True)]
     return {"a_s": times_a, "b_s": times_b, "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+class Stopwatch:
+    """Adds up the seconds spent inside its ``with`` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds, self._begun = 0.0, 0.0
+
+    def __enter__(self) -> None:
+        self._begun = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._begun
 
 
 def train_images(model: torch.nn.Module, loader, n_images: int) -> float:
@@ -109,23 +127,39 @@ def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
         os.environ["DVC_ROOT"] = tmp
         experiment = tracking.connect("bench-tracking", Path(tmp))
 
+        in_mlflow: list[float] = []  # per logged run: seconds spent inside MLflow calls
+
         def run(logged: bool) -> float:
             set_determinism(recipe.seed, recipe.threads, torch.device("cpu"))
             model = architecture(recipe, meta).build()
             started = time.perf_counter()
-            if logged:
-                import mlflow
-
-                with mlflow.start_run(experiment_id=experiment) as active:
-                    handle = tracking.StageRun(active.info.run_id, experiment)
-                    handle.log_params(tracking.flatten(settings, ("data", "train")))
-                    fit(model, train_split, val_split, recipe, device=torch.device("cpu"),
-                        on_epoch=lambda s: handle.log_metrics(s.metrics(), step=s.epoch))
-            else:
+            if not logged:
                 fit(model, train_split, val_split, recipe, device=torch.device("cpu"))
+                return time.perf_counter() - started
+            import mlflow
+
+            watch = Stopwatch()
+            with watch:
+                active = mlflow.start_run(experiment_id=experiment)
+                handle = tracking.StageRun(active.info.run_id, experiment)
+                handle.log_params(tracking.flatten(settings, ("data", "train")))
+
+            def log_epoch(stats: EpochStats) -> None:
+                with watch:
+                    handle.log_metrics(stats.metrics(), step=stats.epoch)
+
+            fit(model, train_split, val_split, recipe, device=torch.device("cpu"),
+                on_epoch=log_epoch)
+            with watch:
+                mlflow.end_run()
+            in_mlflow.append(watch.seconds)
             return time.perf_counter() - started
 
         result = interleave(lambda: run(False), lambda: run(True), repeats)
+        result["in_mlflow_s"] = in_mlflow[1:]  # the first is interleave's untimed warm-up
+        result["in_mlflow_share"] = statistics.median(
+            spent / total
+            for spent, total in zip(result["in_mlflow_s"], result["b_s"], strict=True))
         del os.environ["DVC_ROOT"]
     return result
 
@@ -338,7 +372,7 @@ def main() -> None:
         "pipeline": lambda: bench_pipeline(project),
         "timeline": lambda: accuracy_over_time(project, results["pipeline"]["before_train_s"]),
         "data_path": lambda: bench_data_path(data_dir, raw_dir, 10000, repeats),
-        "tracking": lambda: bench_tracking(data_dir, 2, repeats),
+        "tracking": lambda: bench_tracking(data_dir, 2, repeats + 2),  # small effect: more pairs
         "scaling": lambda: bench_scaling(data_dir),
         "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
         "preset": lambda: bench_preset(project),
