@@ -149,8 +149,8 @@ def sample_grid(split: Split, classes: list[str], per_class: int = SAMPLES_PER_C
     for row in range(len(classes)):
         picks = torch.nonzero(split.labels == row).flatten()[:per_class]
         for col, index in enumerate(picks.tolist()):
-            canvas[row * cell_h:row * cell_h + height, col * cell_w:col * cell_w + width] = \
-                split.images[index].permute(1, 2, 0)
+            top, left = row * cell_h, col * cell_w
+            canvas[top:top + height, left:left + width] = split.images[index].permute(1, 2, 0)
     figure = Figure(figsize=(per_class * 0.7 + 1.2, len(classes) * 0.7))
     ax = figure.add_subplot()
     ax.imshow(canvas.squeeze(-1).numpy(), cmap="gray" if channels == 1 else None,
