@@ -92,6 +92,9 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.01"
     assert run.data.params["train.batch_size"] == "32"
+    # the run records how it was made repeatable: on CPU, by seed and thread count alone
+    assert run.data.params["deterministic_algorithms"] == "False"
+    assert run.data.params["train.seed"] == "0"
     assert run.data.tags["stage"] == "train"
     for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr",
                  "epoch_seconds", "images_per_s"):

@@ -88,12 +88,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def deterministic_kernels(device: torch.device) -> bool:
+    """Whether :func:`set_determinism` switches torch to deterministic kernels on ``device``.
+
+    Only on CUDA: CPU kernels already repeat exactly for a fixed thread count, and the switch
+    imports torch's compiler stack (~2 s per process).
+    """
+    return device.type == "cuda"
+
+
 def set_determinism(seed: int, threads: int, device: torch.device) -> None:
     """Seed every RNG and fix the thread count, so a run repeats exactly on the same machine.
 
-    ``threads=0`` shares the cores among the data-parallel processes on this machine. CPU
-    kernels already give the same result for the same thread count; on CUDA this also picks
-    deterministic kernels (cuDNN's autotuned ones are not).
+    ``threads=0`` shares the cores among the data-parallel processes on this machine. On
+    CUDA this also picks deterministic kernels (cuDNN's autotuned ones are not).
     """
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_processes))
@@ -101,8 +109,7 @@ def set_determinism(seed: int, threads: int, device: torch.device) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False
-    if device.type == "cuda":
-        # not on CPU: the switch imports torch's compiler stack, ~2 s per process
+    if deterministic_kernels(device):
         torch.use_deterministic_algorithms(True, warn_only=True)
         # it also fills every new tensor with NaN to expose reads of unset memory; that
         # costs time and changes no result

@@ -33,6 +33,7 @@ from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import (
     EpochStats,
     FitResult,
+    deterministic_kernels,
     distributed,
     fit,
     resolve_device,
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                             declared=declared) as run:
         run.log_params({"train_size": len(train_split), "val_size": len(val_split),
                         "hyperparams_from": str(args.best_params or args.params),
-                        "deterministic_algorithms": device.type == "cuda",
+                        "deterministic_algorithms": deterministic_kernels(device),
                         "cudnn_benchmark": False})
         logged: set[int] = set()
 
