@@ -148,15 +148,17 @@ def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
                 with watch:
                     handle.log_metrics(stats.metrics(), step=stats.epoch)
 
-            fit(model, train_split, val_split, recipe, device=torch.device("cpu"),
-                on_epoch=log_epoch)
-            with watch:
-                mlflow.end_run()
+            try:
+                fit(model, train_split, val_split, recipe, device=torch.device("cpu"),
+                    on_epoch=log_epoch)
+            finally:
+                with watch:
+                    mlflow.end_run()
             in_mlflow.append(watch.seconds)
             return time.perf_counter() - started
 
         result = interleave(lambda: run(False), lambda: run(True), repeats)
-        result["in_mlflow_s"] = in_mlflow[1:]  # the first is interleave's untimed warm-up
+        result["in_mlflow_s"] = in_mlflow[-repeats:]  # the timed runs, after the warm-up
         result["in_mlflow_share"] = statistics.median(
             spent / total
             for spent, total in zip(result["in_mlflow_s"], result["b_s"], strict=True))
