@@ -54,6 +54,7 @@ BAD = [
     ({"train.batch_size": "64"}, "train.batch_size", "valid integer"),
     ({"train.batch_size": True}, "train.batch_size", "valid integer"),
     ({"train.epochs": None}, "train.epochs", "valid integer"),
+    ({"train.keep": "final"}, "train.keep", "'last' or 'best'"),
     ({"data.dataset": "imagenet"}, "data.dataset", "'fashion-mnist', 'mnist' or 'cifar10'"),
     ({"train.model": "resnet"}, "train.model", "'mlp', 'cnn' or 'cifar_cnn'"),
     ({"data.val_fraction": 0}, "data.val_fraction", "greater than 0"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import pickle
@@ -13,7 +14,7 @@ import mlflow
 import pytest
 import torch
 
-from imgclf import train
+from imgclf import engine, train
 from imgclf.checkpoint import load_model, save_training_state
 from imgclf.cli import run_stage
 from imgclf.data import load_meta, load_split
@@ -48,11 +49,33 @@ def test_same_seed_gives_identical_results_on_cpu(processed, project):
         assert torch.equal(a, b)
 
 
-def test_learns_and_keeps_the_best_epoch(processed, project):
+def test_learns_and_finds_the_best_epoch(processed, project):
     result = train.train(*core_inputs(processed, project, epochs=4, lr=0.02))
     accuracies = [s.val_accuracy for s in result.history]
     assert result.best_epoch == accuracies.index(max(accuracies)) + 1
     assert max(accuracies) > 0.5  # ten classes: chance is 0.1
+
+
+@pytest.mark.parametrize(("keep", "kept_epoch"), [("last", 3), ("best", 2)])
+def test_model_holds_the_weights_of_the_kept_epoch(processed, project, monkeypatch, keep,
+                                                   kept_epoch):
+    # validation scores that peak before the last epoch, as validation noise often makes them
+    scores = iter([0.5, 0.9, 0.7])
+
+    def scripted(model, split, batch_size):
+        return engine.EvalResult(loss=1.0, accuracy=next(scores), predictions=split.labels)
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    train_split, val_split, _, recipe = core_inputs(processed, project, epochs=3, keep=keep)
+    states = {}
+    result = engine.fit(train.architecture(recipe, load_meta(processed)).build(), train_split,
+                        val_split, recipe, device=torch.device("cpu"),
+                        on_checkpoint=lambda state: states.update(
+                            {state["epoch"]: copy.deepcopy(state["model"])}))
+    assert (result.best_epoch, result.kept_epoch) == (2, kept_epoch)
+    assert result.kept.val_accuracy == [0.5, 0.9, 0.7][kept_epoch - 1]
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, states[kept_epoch][name]), name
 
 
 def test_nan_loss_stops_training(processed, project):
@@ -88,6 +111,9 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
     (run,) = runs_of(client, "train")
     assert metrics["mlflow_run_id"] == run.info.run_id == info["mlflow_run_id"]
     assert metrics["val"]["best_accuracy"] == max(float(r["val/accuracy"]) for r in rows)
+    # params.yaml keeps the last epoch's weights: the model's val accuracy is that epoch's
+    assert metrics["kept_epoch"] == 2
+    assert metrics["val"]["accuracy"] == float(rows[-1]["val/accuracy"])
 
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.01"
@@ -101,6 +127,7 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2], name
     assert run.data.metrics["val/best_accuracy"] == metrics["val"]["best_accuracy"]
+    assert run.data.metrics["kept_epoch"] == 2
 
     # the logged model is MLflow's pickle-free pt2 format and predicts like the local file
     logged = mlflow.pytorch.load_model(info["mlflow_model_uri"])

@@ -175,7 +175,8 @@ def test_settings_that_do_not_shape_trial_results_keep_the_study():
 
     default = study_of()
     assert study_of(**{"train.threads": 1, "train.eval_batch_size": 64, "train.epochs": 3,
-                       "train.tta": "none", "tune.n_trials": 9, "tune.workers": 2}) == default
+                       "train.tta": "none", "train.keep": "best", "tune.n_trials": 9,
+                       "tune.workers": 2}) == default
     for changed in ({"train.weight_decay": 0.1}, {"train.augment": "none"},
                     {"tune.epochs": 3}, {"data.val_fraction": 0.2}):
         assert study_of(**changed) != default, changed

@@ -58,15 +58,21 @@ class EpochStats:
 
 @dataclass
 class FitResult:
-    """The model holding its best-epoch weights, and every epoch's numbers."""
+    """The trained model, every epoch's numbers, the epoch with the best validation accuracy
+    and the epoch whose weights the model holds (``recipe.keep``)."""
 
     model: nn.Module
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0
+    kept_epoch: int = 0
 
     @property
     def best(self) -> EpochStats:
         return self.history[self.best_epoch - 1]
+
+    @property
+    def kept(self) -> EpochStats:
+        return self.history[self.kept_epoch - 1]
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,12 @@ def fit(
     resume: dict[str, Any] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` per ``recipe``; keep the weights of the epoch with the best val accuracy.
+    """Train ``model`` per ``recipe``; the model ends with the last epoch's weights, or with
+    ``recipe.keep == "best"`` those of the epoch with the best validation accuracy.
+
+    The last epoch is the better pick under a schedule that anneals the learning rate: the
+    best validation epoch differs from it only by the noise of the validation sample, and
+    the earlier weights score lower on the test split.
 
     ``on_checkpoint`` receives the complete training state after every epoch (weights,
     optimizer, schedule, random generators, history); passing such a state back as ``resume``
@@ -286,7 +297,8 @@ def fit(
         result.history.append(stats)
         if stats.val_accuracy > best_accuracy:
             best_accuracy, result.best_epoch = stats.val_accuracy, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            if recipe.keep == "best":
+                best_state = copy.deepcopy(model.state_dict())
         if rank == 0:
             log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
                      "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
@@ -307,6 +319,8 @@ def fit(
                 "best_epoch": result.best_epoch, "best_state": best_state,
             })
 
-    model.load_state_dict(best_state)
+    if recipe.keep == "best":
+        model.load_state_dict(best_state)
+    result.kept_epoch = result.best_epoch if recipe.keep == "best" else len(result.history)
     model.eval()
     return result

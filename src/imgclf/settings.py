@@ -83,6 +83,7 @@ class TrainSettings(_Section):
     label_smoothing: Finite = Field(ge=0, lt=1)
     augment: Literal["none", "crop", "flip", "crop_flip"]
     tta: Literal["none", "flip"]
+    keep: Literal["last", "best"]
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     threads: int = Field(ge=0, le=1024)

@@ -1,4 +1,5 @@
-"""Stage 4: train the classifier and keep the epoch with the best validation accuracy.
+"""Stage 4: train the classifier; save the last epoch's weights (or, with ``train.keep:
+best``, the epoch with the best validation accuracy).
 
 With ``--best-params`` the learning rate and batch size come from the tune stage.
 
@@ -96,10 +97,13 @@ def history_csv(history: list[EpochStats]) -> str:
 
 
 def summary(result: FitResult, run_id: str) -> dict:
-    """The DVC metrics file: best-epoch validation numbers and the MLflow run behind them."""
-    best = result.best
+    """The DVC metrics file: the saved model's validation numbers, the best epoch's, and the
+    MLflow run behind them."""
+    best, kept = result.best, result.kept
     return {
-        "val": {"best_accuracy": best.val_accuracy, "best_loss": best.val_loss},
+        "val": {"accuracy": kept.val_accuracy, "loss": kept.val_loss,
+                "best_accuracy": best.val_accuracy, "best_loss": best.val_loss},
+        "kept_epoch": result.kept_epoch,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
         "train_seconds": round(sum(stats.seconds for stats in result.history), 2),
@@ -170,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             run.set_tags({"resumed_after_epoch": earlier[-1].epoch})
             for stats in earlier:
                 run.log_metrics(stats.metrics(), step=stats.epoch)
-        best = result.best
+        best, kept = result.best, result.kept
         run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
-                         "val/best_loss": best.val_loss})
+                         "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch})
         model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
                                   .float().div(255).numpy())
         save_model(args.model, result.model, architecture(recipe, meta),
@@ -183,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "tuned/batch_size": recipe.batch_size})
         write_text(args.plots, history_csv(result.history))
         write_json(args.metrics, summary(result, run.run_id))
-        print(f"best epoch {result.best_epoch}: val accuracy {best.val_accuracy:.4f} "
-              f"(MLflow run {run.run_id})")
+        print(f"kept epoch {result.kept_epoch} ({recipe.keep}): val accuracy "
+              f"{kept.val_accuracy:.4f}; best val accuracy {best.val_accuracy:.4f} at epoch "
+              f"{result.best_epoch} (MLflow run {run.run_id})")
     if launched:
         torch.distributed.destroy_process_group()
     return 0

@@ -57,14 +57,15 @@ class Job:
 def fingerprint(settings: Settings) -> dict[str, Any]:
     """Everything that shapes a trial's result; a change starts a new study.
 
-    Left out: what trials replace (epochs, tta) and where and how fast they run (device,
-    threads, processes, evaluation batch size), which moves results by float rounding only.
+    Left out: what trials replace (epochs, tta), which epoch's weights training keeps (a
+    trial scores its best epoch), and where and how fast they run (device, threads,
+    processes, evaluation batch size), which moves results by float rounding only.
     """
     search = settings.tune.model_dump(
         mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
     recipe = settings.train.model_dump(
         mode="json",
-        exclude={"epochs", "device", "threads", "processes", "tta", "eval_batch_size"})
+        exclude={"epochs", "device", "threads", "processes", "tta", "keep", "eval_batch_size"})
     return {"dataset": settings.data.dataset, "model": settings.train.model,
             "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
 
