@@ -30,7 +30,7 @@ def _preset(result: dict | None) -> list[str]:
     values = ", ".join(f"`{value}`" for value in result["values"])
     return [*lines, f"`dvc exp run` with {values} took **{result['wall_s'] / 60:.0f} min** "
             f"(training {result['train_s'] / 60:.0f} min) and reached "
-            f"**{result['test_accuracy']:.4f}** test accuracy (validation "
+            f"**{result['test_accuracy']:.4f}** test accuracy (best validation epoch "
             f"{result['val_best_accuracy']:.4f}). Goal: >= 0.945: {_verdict(ok)}.", ""]
 
 
@@ -79,7 +79,7 @@ def render(r: dict) -> str:
         "",
         f"`dvc repro` from nothing (download, preprocess, tune, train, evaluate) took "
         f"**{p['wall_s']:.0f} s** and reached **{p['test_accuracy']:.4f}** test accuracy "
-        f"(validation {p['val_best_accuracy']:.4f}). Goal: >= 0.93 within 360 s: "
+        f"(best validation epoch {p['val_best_accuracy']:.4f}). Goal: >= 0.93 within 360 s: "
         f"{_verdict(ok, ', '.join(misses))}. Its training epochs took "
         f"{min(epoch_s):.0f}-{max(epoch_s):.0f} s each.",
         "",

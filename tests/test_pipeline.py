@@ -132,6 +132,11 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
                                        "train", "tune"]
     (pipeline,) = history.runs("repro", "pipeline")
     assert pipeline.info.status == "FINISHED"
+    # the saved model's validation and test scores side by side
+    train_metrics = json.loads((repo / "reports/train_metrics.json").read_text())
+    test_metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert pipeline.data.metrics["val/kept_accuracy"] == train_metrics["val"]["accuracy"]
+    assert pipeline.data.metrics["test/accuracy"] == test_metrics["test"]["accuracy"]
     for stage in ("download", "preprocess", "tune", "train", "evaluate"):
         (run,) = history.runs("repro", stage)
         assert run.info.status == "FINISHED"

@@ -128,6 +128,7 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
         assert [m.step for m in history] == [1, 2], name
     assert run.data.metrics["val/best_accuracy"] == metrics["val"]["best_accuracy"]
     assert run.data.metrics["kept_epoch"] == 2
+    assert run.data.metrics["val/kept_accuracy"] == metrics["val"]["accuracy"]
 
     # the logged model is MLflow's pickle-free pt2 format and predicts like the local file
     logged = mlflow.pytorch.load_model(info["mlflow_model_uri"])
@@ -172,8 +173,10 @@ def history_without_timing(project):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_result(processed, project, set_params, client):
-    set_params(download__mirrors=[], train__epochs=12)
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_killed_training_resumes_to_the_same_result(processed, project, set_params, client,
+                                                    keep):
+    set_params(download__mirrors=[], train__epochs=12, train__keep=keep)
     checkpoint = project / "checkpoints/train.pt"
 
     process = stage(project, "--checkpoint", str(checkpoint))
@@ -199,7 +202,7 @@ def test_killed_training_resumes_to_the_same_result(processed, project, set_para
     # an uninterrupted run of the same recipe ends identically
     assert run_stage(train.main, TRAIN_ARGS) == 0
     uninterrupted = json.loads((project / "reports/train_metrics.json").read_text())
-    for key in ("val", "best_epoch", "epochs"):
+    for key in ("val", "best_epoch", "kept_epoch", "epochs"):
         assert resumed_metrics[key] == uninterrupted[key]
     assert resumed_history == history_without_timing(project)
     weights = torch.load(project / "models/model.pt", weights_only=True)["state_dict"]

@@ -15,7 +15,7 @@ from imgclf import tracking
 from imgclf.cli import run_stage, stage_parser
 from imgclf.settings import load_settings
 
-METRICS = ("val/best_accuracy", "test/accuracy")
+METRICS = ("val/kept_accuracy", "test/accuracy")  # the saved model's validation and test
 
 
 def leaderboard(runs: list[dict], sort: str) -> tuple[list[str], list[list[str]]]:

@@ -211,9 +211,8 @@ def fit(
     """Train ``model`` per ``recipe``; the model ends with the last epoch's weights, or with
     ``recipe.keep == "best"`` those of the epoch with the best validation accuracy.
 
-    The last epoch is the better pick under a schedule that anneals the learning rate: the
-    best validation epoch differs from it only by the noise of the validation sample, and
-    the earlier weights score lower on the test split.
+    Under a schedule that anneals the learning rate the last epoch is the better pick: an
+    earlier best validation epoch mostly wins by the noise of the validation sample.
 
     ``on_checkpoint`` receives the complete training state after every epoch (weights,
     optimizer, schedule, random generators, history); passing such a state back as ``resume``
@@ -321,6 +320,8 @@ def fit(
 
     if recipe.keep == "best":
         model.load_state_dict(best_state)
-    result.kept_epoch = result.best_epoch if recipe.keep == "best" else len(result.history)
+        result.kept_epoch = result.best_epoch
+    else:
+        result.kept_epoch = len(result.history)
     model.eval()
     return result

@@ -26,6 +26,9 @@ from imgclf.engine import evaluate as evaluate_batches
 from imgclf.files import atomic_open, write_json, write_text
 from imgclf.settings import load_settings
 
+# the train run's validation numbers that the pipeline run shows beside the test scores
+VALIDATION = ("val/best_accuracy", "val/kept_accuracy")
+
 
 @dataclass(frozen=True)
 class TestReport:
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         # the pipeline run shows validation and test side by side
         validation = tracking.run_metrics(info.get("mlflow_run_id", ""))
         run.log_to_pipeline(metrics={**scores, **{k: v for k, v in validation.items()
-                                                  if k == "val/best_accuracy"}})
+                                                  if k in VALIDATION}})
         summary = {"test": {key.removeprefix("test/"): value for key, value in scores.items()},
                    "mlflow_run_id": run.run_id}
         name = settings.evaluate.model_name(settings.data.dataset)

@@ -79,7 +79,10 @@ def train(
 
 
 def training_key(recipe: TrainSettings, meta: Meta, train_size: int) -> str:
-    """Identifies a training run's inputs, so only the same run is ever resumed."""
+    """Identifies a training run's inputs, so only the same run is ever resumed.
+
+    It covers ``train.keep`` too: only a ``keep: best`` run's states hold the best weights.
+    """
     inputs = {"recipe": recipe.model_dump(mode="json", exclude={"device"}),
               "meta": asdict(meta) | {"lineage": None}, "train_size": train_size}
     return hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -176,13 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                 run.log_metrics(stats.metrics(), step=stats.epoch)
         best, kept = result.best, result.kept
         run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
-                         "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch})
+                         "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
+                         "val/kept_accuracy": kept.val_accuracy})
         model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
                                   .float().div(255).numpy())
         save_model(args.model, result.model, architecture(recipe, meta),
                    {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri,
                     "data_version": meta.data_version, "lineage": run.lineage})
-        run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy},
+        run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy,
+                                     "val/kept_accuracy": kept.val_accuracy},
                             params={"tuned/lr": recipe.lr,
                                     "tuned/batch_size": recipe.batch_size})
         write_text(args.plots, history_csv(result.history))

@@ -113,7 +113,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
     # Trials rank learning rates and batch sizes; test-time flip averaging would double
     # their validation cost without changing that ranking.
     recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads,
-                                     "processes": 1, "tta": "none"})
+                                     "processes": 1, "tta": "none", "keep": "last"})
     trial.set_user_attr(studies.WORKER_ATTR, process_id())
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
