@@ -233,9 +233,10 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails."""
-    done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), capture_output=True, text=True)
+def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails or hangs."""
+    done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
