@@ -233,10 +233,10 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails or hangs."""
     done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+                          stdin=subprocess.DEVNULL, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
