@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from imgclf.errors import Terminated, UserError
 
@@ -37,3 +39,17 @@ def run_stage(main: Callable[[list[str] | None], int], argv: list[str] | None = 
     except Terminated:
         print("terminated", file=sys.stderr)
         return EXIT_TERMINATED
+
+
+def run_process(main: Callable[[list[str] | None], int]) -> NoReturn:
+    """The ``python -m imgclf.<stage>`` entry point: :func:`run_stage`, then exit with its code.
+
+    A stage process holds millions of objects from the libraries it loaded (torch, MLflow,
+    SQLAlchemy) that live until it exits, yet every full garbage collection walks them again,
+    and so does the one at interpreter shutdown: about 1.5 s per stage. ``gc.freeze()`` once
+    they are loaded, and again when the stage is done, takes them out of collection.
+    """
+    gc.freeze()
+    code = run_stage(main)
+    gc.freeze()
+    sys.exit(code)

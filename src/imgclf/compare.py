@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imgclf import tracking
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.settings import load_settings
 
 METRICS = ("val/kept_accuracy", "test/accuracy")  # the saved model's validation and test
@@ -59,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)

@@ -20,7 +20,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_supp
 
 from imgclf import tracking
 from imgclf.checkpoint import load_model
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.data import Split, load_split
 from imgclf.engine import evaluate as evaluate_batches
 from imgclf.files import atomic_open, write_json, write_text
@@ -148,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)

@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from imgclf import tracking
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.data import Meta, Split, channel_stats, save_splits, stratified_split
 from imgclf.datasets import DATASETS, DataError, DatasetSpec
 from imgclf.files import write_json
@@ -209,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)

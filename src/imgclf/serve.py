@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from imgclf import tracking
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.errors import UserError
 from imgclf.settings import load_settings
 
@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)

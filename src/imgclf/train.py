@@ -29,7 +29,7 @@ from imgclf.checkpoint import (
     save_model,
     save_training_state,
 )
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.data import Meta, Split, load_meta, load_split
 from imgclf.engine import (
     EpochStats,
@@ -201,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)

@@ -25,7 +25,7 @@ import optuna
 from optuna.visualization import matplotlib as optuna_plots
 
 from imgclf import studies, tracking
-from imgclf.cli import run_stage, stage_parser
+from imgclf.cli import run_process, stage_parser
 from imgclf.data import Meta, Split, load_meta, load_split, stratified_split
 from imgclf.engine import EpochStats
 from imgclf.errors import UserError
@@ -308,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_stage(main))
+    run_process(main)
