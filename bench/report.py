@@ -8,6 +8,8 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
+from imgclf.files import write_text
+
 GOALS = {"data_path_mlp": 5.0, "tracking_overhead": 0.02, "noop_repro_s": 2.0,
          "memory_bytes": 2 * 1024**3, "accuracy": 0.93, "wall_s": 360, "long_accuracy": 0.945}
 
@@ -159,5 +161,5 @@ def render(r: dict) -> str:
 if __name__ == "__main__":
     root = Path(__file__).resolve().parents[1]
     results = json.loads((root / "bench" / "results.json").read_text())
-    (root / "BENCHMARKS.md").write_text(render(results))
+    write_text(root / "BENCHMARKS.md", render(results))
     sys.exit(0)

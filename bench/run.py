@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from imgclf import studies, tune
 from imgclf.data import Split, batches, load_meta, load_split
 from imgclf.engine import EpochStats, fit, set_determinism
+from imgclf.files import write_json, write_text
 from imgclf.settings import load_settings
 from imgclf.train import architecture
 
@@ -384,8 +385,8 @@ def main() -> None:
         started = time.perf_counter()
         results[name] = sections[name]()
         print(f"  {time.perf_counter() - started:.0f} s", flush=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")  # keep what is done so far
-    (ROOT / "BENCHMARKS.md").write_text(report(results))
+        write_json(out, results)  # keep what is done so far
+    write_text(ROOT / "BENCHMARKS.md", report(results))
     print(f"wrote {out} and BENCHMARKS.md")
 
 
