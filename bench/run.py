@@ -255,8 +255,6 @@ def bench_preset(project: Path, name: str = "long") -> dict:
     from imgclf import presets
     from imgclf.settings import read_yaml
 
-    if not (project / "dvc.lock").is_file():
-        raise SystemExit("run `make bench` first: the preset trains on its prepared project")
     path = ROOT / "presets" / f"{name}.yaml"
     _, values = presets.apply(read_yaml(project / "params.yaml"), read_yaml(path), str(path))
     env = user_env()
@@ -370,6 +368,10 @@ def main() -> None:
     if not args.only or "pipeline" in args.only:
         shutil.rmtree(workdir, ignore_errors=True)
         project.mkdir(parents=True)
+    elif not (project / "dvc.lock").is_file() or "pipeline" not in kept:
+        raise SystemExit(f"--only {' '.join(args.only)}: these sections use the project of a "
+                         f"finished pipeline section, and {project} holds none; run `make bench` "
+                         "first (or add pipeline to --only)")
     data_dir, raw_dir = project / "data/processed", project / "data/raw"
     sections = {
         "pipeline": lambda: bench_pipeline(project),
