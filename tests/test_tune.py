@@ -92,6 +92,25 @@ def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, 
     assert children[0].data.tags["baseline"] == "true"
 
 
+def test_plots_of_trials_that_share_a_batch_size_log_without_warnings(recwarn):
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+                     "batch_size": optuna.distributions.CategoricalDistribution([32, 64])}
+    study = optuna.create_study(direction="maximize")
+    for lr, accuracy in [(0.01, 0.80), (0.003, 0.85)]:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "batch_size": 32}, distributions=distributions, value=accuracy))
+    logged = []
+
+    class Run:
+        def log_figure(self, figure, name):
+            logged.append(name)
+
+    tune.log_plots(Run(), study)
+
+    assert "slice_lr_batch_size.png" in logged
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
+
+
 def test_same_params_same_trial_sequence(tune_params, project):
     tune_params(tune__n_trials=3, tune__pruner="none", tune__study="first")
     assert run_stage(tune.main, TUNE_ARGS) == 0

@@ -213,6 +213,8 @@ def log_plots(run: tracking.StageRun, study: optuna.Study) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # a value every finished trial shares (one batch size) gets a zero-width axis
+                warnings.filterwarnings("ignore", "Attempting to set identical low and high")
                 axes = plot()
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             # e.g. importances need two finished trials with different values
