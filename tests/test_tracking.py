@@ -110,6 +110,7 @@ def test_champion_moves_only_to_a_better_model(project, client, metric, values, 
     again = tracking.register_model("clf", uri, {metric: values[-1]}, metric, {})
     assert again.version == "3"
     assert len(client.search_model_versions("name = 'clf'")) == 3
+    assert client.get_registered_model("clf").description == "Trained by the imgclf pipeline"
 
 
 def test_champion_uri_needs_a_champion(project, client):

@@ -467,13 +467,12 @@ def register_model(
     default_store = "MLFLOW_TRACKING_URI" not in os.environ
     # one process at a time may compare and move the alias (queued experiments)
     with _default_store(root or project_root()) if default_store else contextlib.nullcontext():
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, description="Trained by the imgclf pipeline")
         same = [v for v in client.search_model_versions(f"name = '{name}'")
                 if v.source == model_uri]
+        # creates the registered model on first use, and says so
         found = same[0] if same else mlflow.register_model(model_uri, name, tags=dict(tags))
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description="Trained by the imgclf pipeline")
         version = str(found.version)
         for key, value in {**tags, **{k: str(v) for k, v in scores.items()}}.items():
             client.set_model_version_tag(name, version, key, value)
