@@ -46,7 +46,7 @@ def run_process(main: Callable[[list[str] | None], int]) -> NoReturn:
 
     A stage process holds millions of objects from the libraries it loaded (torch, MLflow,
     SQLAlchemy) that live until it exits, yet every full garbage collection walks them again,
-    and so does the one at interpreter shutdown: about 1.5 s per stage. ``gc.freeze()`` once
+    and so does the one at interpreter shutdown: over a second per stage. ``gc.freeze()`` once
     they are loaded, and again when the stage is done, takes them out of collection.
     """
     gc.freeze()
