@@ -469,8 +469,8 @@ def register_model(
     with _default_store(root or project_root()) if default_store else contextlib.nullcontext():
         same = [v for v in client.search_model_versions(f"name = '{name}'")
                 if v.source == model_uri]
-        # creates the registered model on first use, and says so
-        found = same[0] if same else mlflow.register_model(model_uri, name, tags=dict(tags))
+        # creates the registered model on first use, and says so; the tags follow below
+        found = same[0] if same else mlflow.register_model(model_uri, name)
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, description="Trained by the imgclf pipeline")
         version = str(found.version)
