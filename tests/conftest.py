@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,9 +235,16 @@ def dvc_env() -> dict[str, str]:
 
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails or hangs."""
-    done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=900)
+    """Run ``dvc`` in ``repo`` as a user would; fail the test if it fails or hangs.
+
+    Output goes through files, not pipes: processes dvc leaves running (``queue start``'s
+    workers) inherit them, and reading a pipe would last as long as those do.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run([DVC, *args], cwd=repo, env=dvc_env(), stdout=out, stderr=err,
+                              text=True, stdin=subprocess.DEVNULL, timeout=900)
+        out.seek(0), err.seek(0)
+        done.stdout, done.stderr = out.read(), err.read()
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
