@@ -8,7 +8,7 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
-from imgclf.files import write_text
+from imgclf.common.files import write_text
 
 GOALS = {"data_path_mlp": 5.0, "tracking_overhead": 0.02, "noop_repro_s": 2.0,
          "memory_bytes": 2 * 1024**3, "accuracy": 0.93, "wall_s": 360, "long_accuracy": 0.945}

@@ -28,12 +28,14 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from imgclf import studies, tune
-from imgclf.data import Split, batches, load_meta, load_split
-from imgclf.engine import EpochStats, fit, set_determinism
-from imgclf.files import write_json, write_text
-from imgclf.settings import load_settings
-from imgclf.train import architecture
+from imgclf import tune
+from imgclf.common.files import write_json, write_text
+from imgclf.common.settings import load_settings
+from imgclf.data.batches import batches
+from imgclf.data.splits import Split, load_meta, load_split
+from imgclf.training.engine import EpochStats, fit, set_determinism
+from imgclf.training.trainer import architecture
+from imgclf.tuning import studies
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -116,7 +118,7 @@ def bench_data_path(data_dir: Path, raw_dir: Path, n_images: int, repeats: int) 
 
 def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
     """The training loop with per-epoch MLflow logging vs the same loop without tracking."""
-    from imgclf import tracking
+    from imgclf.tracking import runs, store
 
     settings = load_settings(ROOT / "params.yaml")
     recipe = settings.train.model_copy(update={"epochs": epochs})
@@ -126,7 +128,7 @@ def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DVC_ROOT"] = tmp
-        experiment = tracking.connect("bench-tracking", Path(tmp))
+        experiment = store.connect("bench-tracking", Path(tmp))
 
         in_mlflow: list[float] = []  # per logged run: seconds spent inside MLflow calls
 
@@ -142,8 +144,8 @@ def bench_tracking(data_dir: Path, epochs: int, repeats: int) -> dict:
             watch = Stopwatch()
             with watch:
                 active = mlflow.start_run(experiment_id=experiment)
-                handle = tracking.StageRun(active.info.run_id, experiment)
-                handle.log_params(tracking.flatten(settings, ("data", "train")))
+                handle = runs.StageRun(active.info.run_id, experiment)
+                handle.log_params(runs.flatten(settings, ("data", "train")))
 
             def log_epoch(stats: EpochStats) -> None:
                 with watch:
@@ -253,7 +255,7 @@ def bench_pipeline(workdir: Path) -> dict:
 def bench_preset(project: Path, name: str = "long") -> dict:
     """``make exp PRESET=name`` on the pipeline's project (its data already prepared)."""
     from imgclf import presets
-    from imgclf.settings import read_yaml
+    from imgclf.common.settings import read_yaml
 
     path = ROOT / "presets" / f"{name}.yaml"
     _, values = presets.apply(read_yaml(project / "params.yaml"), read_yaml(path), str(path))
@@ -309,20 +311,20 @@ def bench_pruning(data_dir: Path, workdir: Path) -> dict:
     """The default search with its pruner vs without: trial-epochs spent, best accuracy."""
     import mlflow
 
-    from imgclf import tracking
+    from imgclf.tracking import store
 
     settings = load_settings(ROOT / "params.yaml")
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     os.environ["DVC_ROOT"] = str(workdir)
-    experiment = tracking.connect("bench-pruning", workdir)
+    experiment = store.connect("bench-pruning", workdir)
     results = {}
     for pruner in (settings.tune.pruner, "none"):
         chosen = settings.model_copy(update={"tune": settings.tune.model_copy(update={
             "pruner": pruner, "study": f"bench-{pruner}", "timeout_s": None})})
         name = chosen.tune.study
         storage = str(workdir / f"{name}.journal")
-        study = tune.open_study(chosen.tune, storage, name)
+        study = studies.open_study(chosen.tune, storage, name)
         tune.enqueue_baseline(study, chosen)
         with mlflow.start_run(experiment_id=experiment) as parent:
             job = tune.Job(chosen, data_dir, workdir, storage, name, chosen.tune.n_trials,
@@ -331,7 +333,7 @@ def bench_pruning(data_dir: Path, workdir: Path) -> dict:
             started = time.perf_counter()
             tune.run_worker(job)
             seconds = time.perf_counter() - started
-        study = tune.open_study(chosen.tune, storage, name)
+        study = studies.open_study(chosen.tune, storage, name)
         epochs = sum(len(t.intermediate_values) for t in study.trials)
         results[pruner] = {"seconds": seconds, "trial_epochs": epochs,
                            "best_val_accuracy": study.best_value,

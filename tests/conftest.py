@@ -22,8 +22,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from ruamel.yaml import YAML
 
-from imgclf import datasets, tracking
-from imgclf.datasets import DataFile, DatasetSpec
+from imgclf.data.datasets import DataFile, DatasetSpec
+from imgclf.data import datasets
+from imgclf.tracking.store import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -188,7 +189,7 @@ def set_params(project: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def client(project: Path) -> MlflowClient:
-    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    mlflow.set_tracking_uri(tracking_uri(project))
     return MlflowClient()
 
 
@@ -205,7 +206,7 @@ def runs_of(client: MlflowClient, stage: str | None = None, experiment: str = "t
 def processed(project: Path, set_params: Callable[..., Path], tiny_mirror: Path) -> Path:
     """``data/processed`` made by the real download and preprocess stages from tiny files."""
     from imgclf import download, preprocess
-    from imgclf.cli import run_stage
+    from imgclf.common.cli import run_stage
 
     set_params(download__mirrors=[str(tiny_mirror)])
     assert run_stage(download.main, DOWNLOAD_ARGS) == 0

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from imgclf import compare
-from imgclf.cli import run_stage
+from imgclf.common.cli import run_stage
 
 
 def run(run_id, lr, test, exp="exp", dataset="fashion-mnist"):

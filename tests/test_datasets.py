@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from imgclf.datasets import DATASETS, DataError, DataFile, verify
+from imgclf.data.datasets import DATASETS, DataError, DataFile, verify
 
 from .conftest import FMNIST_DIR
 

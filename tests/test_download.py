@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from imgclf import datasets, download
-from imgclf.cli import run_stage
-from imgclf.datasets import DataError
+from imgclf import download
+from imgclf.common.cli import run_stage
+from imgclf.data.datasets import DataError
+from imgclf.data import datasets
 
 from .conftest import FMNIST_DIR, runs_of, spec_for, write_idx_dataset
 

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from imgclf import evaluate, train
-from imgclf.cli import run_stage
+from imgclf.common.cli import run_stage
 
 from .conftest import EVALUATE_ARGS, TRAIN_ARGS, runs_of
 

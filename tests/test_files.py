@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgclf.files import atomic_open, project_root, write_json
+from imgclf.common.files import atomic_open, project_root, write_json
 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

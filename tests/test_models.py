@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgclf.models import build_model
+from imgclf.training.models import build_model
 
 
 def count(model):

@@ -21,32 +21,56 @@ from ruamel.yaml import YAML
 from .conftest import FMNIST_DIR, PACKAGE, REPO, dvc, git, make_repo
 
 
-def imported_modules(module: str) -> set[str]:
-    """``module`` and every ``imgclf`` module it imports, transitively."""
-    seen, todo = set(), [module]
+def module_file(module: str) -> Path | None:
+    """The file Python runs for ``imgclf...`` module ``module``, if it is one of ours."""
+    base = PACKAGE.parent.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_files(module: str) -> set[str]:
+    """The files Python runs to import ``module``: it, every ``imgclf`` module it imports,
+    transitively, and the ``__init__.py`` of every package on the way."""
+    seen: set[Path] = set()
+    todo = [module]
     while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "imgclf":
-                    todo += [alias.name for alias in node.names]
-                elif node.module.startswith("imgclf."):
-                    todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("imgclf.")]
-    return seen
+        parts = todo.pop().split(".")
+        for depth in range(1, len(parts) + 1):  # a.b.c runs a, then a.b, then a.b.c
+            path = module_file(".".join(parts[:depth]))
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imgclf"):
+                    todo.append(node.module)
+                    # ``from imgclf.pkg import module`` imports a module, not just a name
+                    todo += [f"{node.module}.{alias.name}" for alias in node.names
+                             if module_file(f"{node.module}.{alias.name}")]
+                elif isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names if a.name.startswith("imgclf")]
+    return {path.relative_to(REPO).as_posix() for path in seen}
 
 
-def test_each_stage_depends_on_exactly_the_modules_it_imports():
+def test_each_stage_depends_on_exactly_the_files_it_imports():
     stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        declared = {Path(dep).stem for dep in stage["deps"] if dep.startswith("src/imgclf/")}
-        assert declared == imported_modules(name), name
+        declared = {dep for dep in stage["deps"] if dep.startswith("src/")}
+        assert declared == imported_files(f"imgclf.{name}"), name
         assert f"imgclf.{name} " in stage["cmd"]
+
+
+def test_library_modules_are_imported_by_only_the_stages_that_use_them():
+    # what each acceptance edit may rerun: registry -> evaluate; core -> tune and train
+    users = {path: {name for name in ("download", "preprocess", "tune", "train", "evaluate")
+                    if path in imported_files(f"imgclf.{name}")}
+             for path in ("src/imgclf/tracking/registry.py", "src/imgclf/training/trainer.py",
+                          "src/imgclf/train.py", "src/imgclf/tuning/studies.py")}
+    assert users == {"src/imgclf/tracking/registry.py": {"evaluate"},
+                     "src/imgclf/training/trainer.py": {"tune", "train"},
+                     "src/imgclf/train.py": {"train"},
+                     "src/imgclf/tuning/studies.py": {"tune"}}
 
 
 def all_runs(repo: Path) -> list:
@@ -324,7 +348,7 @@ def server(history):
 def test_served_champion_answers_like_the_local_model(history, server):
     import torch
 
-    from imgclf.data import load_split
+    from imgclf.data.splits import load_split
 
     base = server([sys.executable, "-m", "imgclf.serve"], "/ping")
     images = load_split(history.repo / "data/processed", "test").images[:8].float() / 255

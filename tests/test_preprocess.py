@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from imgclf import preprocess
-from imgclf.cli import run_stage
-from imgclf.data import Split, channel_stats, load_meta, load_split, stratified_split
-from imgclf.datasets import DATASETS, DataError
+from imgclf.common.cli import run_stage
+from imgclf.data.datasets import DATASETS, DataError
+from imgclf.data.splits import Split, channel_stats, load_meta, load_split, stratified_split
 from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
 
 from .conftest import (
@@ -103,7 +103,7 @@ def test_raw_folder_of_another_dataset_is_refused(processed, set_params, project
 def test_cifar10_binary_archive(tmp_path):
     raw = tmp_path / "raw"
     write_cifar_archive(raw / "cifar-10-binary.tar.gz", per_batch=20, n_test=40)
-    from imgclf.settings import DataSettings
+    from imgclf.common.settings import DataSettings
 
     cfg = DataSettings(dataset="cifar10", val_fraction=0.2, seed=0, train_limit=None,
                        test_limit=None)

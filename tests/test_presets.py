@@ -7,8 +7,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from imgclf import presets
-from imgclf.cli import run_stage
-from imgclf.settings import SettingsError, parse_settings
+from imgclf.common.cli import run_stage
+from imgclf.common.settings import SettingsError, parse_settings
 
 from .conftest import REPO
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgclf import download, preprocess, train
-from imgclf.cli import run_stage
-from imgclf.settings import Settings, SettingsError, load_settings, parse_settings
+from imgclf.common.cli import run_stage
+from imgclf.common.settings import Settings, SettingsError, load_settings, parse_settings
 
 from .conftest import (
     DOWNLOAD_ARGS,

@@ -13,9 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from imgclf import tracking
-from imgclf.cli import run_stage
-from imgclf.settings import load_settings
+from imgclf.common.cli import run_stage
+from imgclf.common.settings import load_settings
+from imgclf.tracking.provenance import dvc_lock_hashes
+from imgclf.tracking.runs import StageRun, stage_run
+from imgclf.tracking.store import TrackingError, connect, tracking_uri
 
 from .conftest import REPO, runs_of
 
@@ -24,22 +26,22 @@ def test_default_store_is_under_the_project_root_not_the_cwd(project, tmp_path, 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert tracking.tracking_uri() == f"sqlite:///{project}/mlruns/mlflow.db"
+    assert tracking_uri() == f"sqlite:///{project}/mlruns/mlflow.db"
     monkeypatch.delenv("DVC_ROOT")
     (elsewhere / "sub").mkdir()
     (elsewhere / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(elsewhere / "sub")
-    assert tracking.tracking_uri() == f"sqlite:///{elsewhere}/mlruns/mlflow.db"
+    assert tracking_uri() == f"sqlite:///{elsewhere}/mlruns/mlflow.db"
 
 
 def test_env_uri_overrides_the_default(project, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking.tracking_uri() == "http://127.0.0.1:1"
+    assert tracking_uri() == "http://127.0.0.1:1"
 
 
 def test_failed_stage_marks_run_failed_with_the_error(project, client):
     settings = load_settings(project / "params.yaml")
-    with pytest.raises(ZeroDivisionError), tracking.stage_run("train", settings):
+    with pytest.raises(ZeroDivisionError), stage_run("train", settings):
         1 / 0  # noqa: B018
     (run,) = runs_of(client, "train")
     assert run.info.status == "FAILED"
@@ -49,7 +51,7 @@ def test_failed_stage_marks_run_failed_with_the_error(project, client):
 
 def test_interrupted_stage_is_killed_not_running(project, client):
     settings = load_settings(project / "params.yaml")
-    with pytest.raises(KeyboardInterrupt), tracking.stage_run("train", settings):
+    with pytest.raises(KeyboardInterrupt), stage_run("train", settings):
         raise KeyboardInterrupt
     (run,) = runs_of(client, "train")
     assert run.info.status == "KILLED"
@@ -58,7 +60,7 @@ def test_interrupted_stage_is_killed_not_running(project, client):
 def test_run_tags_name_stage_dataset_and_commit(project, client, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "brisk-lamb")
     settings = load_settings(project / "params.yaml")
-    with tracking.stage_run("evaluate", settings) as run:
+    with stage_run("evaluate", settings) as run:
         run_id = run.run_id
     tags = client.get_run(run_id).data.tags
     assert tags["stage"] == "evaluate"
@@ -76,60 +78,23 @@ def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     settings = load_settings(project / "params.yaml")
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match=uri), tracking.stage_run("train", settings):
+    with pytest.raises(TrackingError, match=uri), stage_run("train", settings):
         pytest.fail("the stage body must not run")
     assert time.monotonic() - started < 30
-
-
-def logged_model(settings) -> str:
-    """A real (tiny) model logged the way the train stage logs it."""
-    import numpy as np
-
-    from imgclf.models import build_model
-
-    with tracking.stage_run("train", settings) as run:
-        model = build_model("mlp", (1, 28, 28), 10, 2, [0.5], [0.5])
-        return run.log_model(model, np.zeros((2, 1, 28, 28), dtype=np.float32))
-
-
-@pytest.mark.parametrize(("metric", "values", "champions"), [
-    ("test/accuracy", [0.80, 0.70, 0.90], ["1", "1", "3"]),
-    ("test/loss", [0.50, 0.60, 0.40], ["1", "1", "3"]),
-])
-def test_champion_moves_only_to_a_better_model(project, client, metric, values, champions):
-    settings = load_settings(project / "params.yaml")
-    for value, champion in zip(values, champions, strict=True):
-        uri = logged_model(settings)
-        registered = tracking.register_model("clf", uri, {metric: value}, metric,
-                                             {"data_version": "d1"})
-        current = client.get_model_version_by_alias("clf", "champion")
-        assert str(current.version) == champion
-        assert registered.champion == (registered.version == champion)
-        assert client.get_model_version("clf", registered.version).tags[metric] == str(value)
-    # registering the same model again reuses its version
-    again = tracking.register_model("clf", uri, {metric: values[-1]}, metric, {})
-    assert again.version == "3"
-    assert len(client.search_model_versions("name = 'clf'")) == 3
-    assert client.get_registered_model("clf").description == "Trained by the imgclf pipeline"
-
-
-def test_champion_uri_needs_a_champion(project, client):
-    with pytest.raises(tracking.TrackingError, match="no 'champion' version yet"):
-        tracking.champion_uri("nothing-registered")
 
 
 def test_dvc_lock_hashes(tmp_path):
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n  preprocess:\n    outs:\n"
                     "    - path: data/processed\n      md5: abc.dir\n      size: 1\n")
-    assert tracking.dvc_lock_hashes(["data/processed/", "models/model.pt"], lock) == {
+    assert dvc_lock_hashes(["data/processed/", "models/model.pt"], lock) == {
         "data/processed": "abc.dir"}
-    assert tracking.dvc_lock_hashes(["x"], tmp_path / "missing.lock") == {}
+    assert dvc_lock_hashes(["x"], tmp_path / "missing.lock") == {}
 
 
 def _log_many(uri: str, run_id: str, worker: int, n: int) -> None:
     mlflow.set_tracking_uri(uri)
-    run = tracking.StageRun(run_id, "0")
+    run = StageRun(run_id, "0")
     for step in range(n):
         run.log_metrics({f"worker{worker}": step}, step=step)
 
@@ -139,9 +104,9 @@ def test_concurrent_writers_to_the_sqlite_store(project, client):
     import multiprocessing
 
     settings = load_settings(project / "params.yaml")
-    with tracking.stage_run("train", settings) as run:
+    with stage_run("train", settings) as run:
         run_id = run.run_id
-    uri = tracking.tracking_uri(project)
+    uri = tracking_uri(project)
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_log_many, args=(uri, run_id, i, 500)) for i in range(4)]
     for worker in workers:
@@ -156,12 +121,12 @@ def test_concurrent_writers_to_the_sqlite_store(project, client):
 
 def test_run_left_running_by_a_dead_process_is_closed_at_next_start(project, client):
     settings = load_settings(project / "params.yaml")
-    experiment_id = tracking.connect("tests", project)
+    experiment_id = connect("tests", project)
     dead = client.create_run(experiment_id, tags={"stage": "train",
                                                   "process": "somehost:1:1"}).info.run_id
     dead_here = client.create_run(experiment_id, tags={
         "stage": "train", "process": f"{socket.gethostname()}:999999999:1"}).info.run_id
-    with tracking.stage_run("evaluate", settings):
+    with stage_run("evaluate", settings):
         pass
     assert client.get_run(dead_here).info.status == "KILLED"
     assert client.get_run(dead).info.status == "RUNNING"  # another host: not ours to judge
@@ -170,7 +135,7 @@ def test_run_left_running_by_a_dead_process_is_closed_at_next_start(project, cli
 def test_passwords_never_reach_messages(project, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2@127.0.0.1:9")
     settings = load_settings(project / "params.yaml")
-    with pytest.raises(tracking.TrackingError) as caught, tracking.stage_run("train", settings):
+    with pytest.raises(TrackingError) as caught, stage_run("train", settings):
         pass
     assert "hunter2" not in str(caught.value)
     assert "http://admin:***@127.0.0.1:9" in str(caught.value)

@@ -14,12 +14,13 @@ import mlflow
 import pytest
 import torch
 
-from imgclf import engine, train
-from imgclf.checkpoint import load_model, save_training_state
-from imgclf.cli import run_stage
-from imgclf.data import load_meta, load_split
-from imgclf.engine import DivergedError
-from imgclf.settings import load_settings
+from imgclf import train
+from imgclf.common.cli import run_stage
+from imgclf.common.settings import load_settings
+from imgclf.data.splits import load_meta, load_split
+from imgclf.training import engine, trainer
+from imgclf.training.checkpoint import load_model, save_training_state
+from imgclf.training.engine import DivergedError
 
 from .conftest import (
     DOWNLOAD_ARGS,
@@ -39,8 +40,8 @@ def core_inputs(processed, project, **recipe):
 
 def test_same_seed_gives_identical_results_on_cpu(processed, project):
     inputs = core_inputs(processed, project, epochs=2, threads=2)
-    first = train.train(*inputs)
-    second = train.train(*inputs)
+    first = trainer.train(*inputs)
+    second = trainer.train(*inputs)
     assert first.history == [
         type(s)(**{**s.__dict__, "seconds": f.seconds, "images_per_s": f.images_per_s})
         for s, f in zip(second.history, first.history, strict=True)]
@@ -50,7 +51,7 @@ def test_same_seed_gives_identical_results_on_cpu(processed, project):
 
 
 def test_learns_and_finds_the_best_epoch(processed, project):
-    result = train.train(*core_inputs(processed, project, epochs=4, lr=0.02))
+    result = trainer.train(*core_inputs(processed, project, epochs=4, lr=0.02))
     accuracies = [s.val_accuracy for s in result.history]
     assert result.best_epoch == accuracies.index(max(accuracies)) + 1
     assert max(accuracies) > 0.5  # ten classes: chance is 0.1
@@ -63,12 +64,12 @@ def test_model_holds_the_weights_of_the_kept_epoch(processed, project, monkeypat
     scores = iter([0.5, 0.9, 0.7])
 
     def scripted(model, split, batch_size):
-        return engine.EvalResult(loss=1.0, accuracy=next(scores), predictions=split.labels)
+        return engine.Scores(loss=1.0, accuracy=next(scores), predictions=split.labels)
 
-    monkeypatch.setattr(engine, "evaluate", scripted)
+    monkeypatch.setattr(engine, "score", scripted)
     train_split, val_split, _, recipe = core_inputs(processed, project, epochs=3, keep=keep)
     states = {}
-    result = engine.fit(train.architecture(recipe, load_meta(processed)).build(), train_split,
+    result = engine.fit(trainer.architecture(recipe, load_meta(processed)).build(), train_split,
                         val_split, recipe, device=torch.device("cpu"),
                         on_checkpoint=lambda state: states.update(
                             {state["epoch"]: copy.deepcopy(state["model"])}))
@@ -81,7 +82,7 @@ def test_model_holds_the_weights_of_the_kept_epoch(processed, project, monkeypat
 def test_nan_loss_stops_training(processed, project):
     with pytest.raises(DivergedError, match=r"lower train\.lr"):
         # an absurd rate (past what params.yaml allows) overflows the weights within steps
-        train.train(*core_inputs(processed, project, model="mlp", lr=1e30, optimizer="sgd",
+        trainer.train(*core_inputs(processed, project, model="mlp", lr=1e30, optimizer="sgd",
                                  scheduler="none"))
 
 
@@ -91,7 +92,7 @@ def test_nan_loss_stops_training(processed, project):
     {"model": "mlp", "augment": "flip", "tta": "flip"},
 ])
 def test_recipes_run(processed, project, recipe):
-    result = train.train(*core_inputs(processed, project, epochs=1, **recipe))
+    result = trainer.train(*core_inputs(processed, project, epochs=1, **recipe))
     assert len(result.history) == 1
 
 
@@ -212,7 +213,7 @@ def test_killed_training_resumes_to_the_same_result(processed, project, set_para
 def test_checkpoint_of_other_settings_is_not_resumed(processed, project):
     checkpoint = project / "checkpoints/train.pt"
     save_training_state(checkpoint, "another-recipe", {"epoch": 1})
-    result = train.train(*core_inputs(processed, project), checkpoint=checkpoint)
+    result = trainer.train(*core_inputs(processed, project), checkpoint=checkpoint)
     assert [s.epoch for s in result.history] == [1, 2]
     assert not checkpoint.exists()
 
@@ -227,7 +228,7 @@ def test_malicious_training_state_is_never_unpickled(processed, project, tmp_pat
     checkpoint = project / "checkpoints/train.pt"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(pickle.dumps({"key": Exploit()}))
-    result = train.train(*core_inputs(processed, project), checkpoint=checkpoint)
+    result = trainer.train(*core_inputs(processed, project), checkpoint=checkpoint)
     assert [s.epoch for s in result.history] == [1, 2]  # trained from scratch
     assert not marker.exists()
 

@@ -12,9 +12,11 @@ import pytest
 from optuna.trial import TrialState
 from ruamel.yaml import YAML
 
-from imgclf import studies, train, tune
-from imgclf.cli import run_stage
-from imgclf.settings import SettingsError, load_settings, parse_settings
+from imgclf import train, tune
+from imgclf.common.cli import run_stage
+from imgclf.common.settings import SettingsError, load_settings, parse_settings
+from imgclf.training import trainer
+from imgclf.tuning import studies
 
 from .conftest import TRAIN_ARGS, repo_params, runs_of
 
@@ -35,7 +37,7 @@ def tune_params(processed, set_params):
 
 def load_study(project, settings=None):
     settings = settings or load_settings(project / "params.yaml")
-    name = studies.study_name(settings.tune, tune.fingerprint(settings))
+    name = studies.study_name(settings)
     storage = studies.storage_url(settings.tune, project, name)
     return optuna.load_study(study_name=name, storage=studies.open_storage(storage))
 
@@ -125,7 +127,7 @@ def test_same_params_same_trial_sequence(tune_params, project):
 def test_forced_pruner_prunes_every_trial(tune_params, project, client, monkeypatch, capsys):
     tune_params(tune__n_trials=3)
     # accuracy never exceeds 1.0, so this pruner stops every trial after its first epoch
-    monkeypatch.setattr(tune, "make_pruner",
+    monkeypatch.setattr(studies, "make_pruner",
                         lambda cfg: optuna.pruners.ThresholdPruner(lower=1.01))
 
     assert run_stage(tune.main, TUNE_ARGS) == 2
@@ -151,7 +153,7 @@ def test_nan_or_crashing_trial_fails_and_the_study_goes_on(tune_params, project,
         if len(calls) == 2:  # a learning rate no params.yaml allows: the weights overflow
             recipe = recipe.model_copy(update={"lr": 1e30, "optimizer": "sgd",
                                                "scheduler": "none", "model": "mlp"})
-        return train.train(train_split, val_split, meta, recipe, on_epoch=on_epoch)
+        return trainer.train(train_split, val_split, meta, recipe, on_epoch=on_epoch)
 
     monkeypatch.setattr(tune, "train", diverging_second_trial)
 
@@ -190,7 +192,7 @@ def test_raising_n_trials_resumes_the_study(tune_params, project, client):
 def test_settings_that_do_not_shape_trial_results_keep_the_study():
     def study_of(**overrides):
         settings = parse_settings(repo_params(**overrides))
-        return studies.study_name(settings.tune, tune.fingerprint(settings))
+        return studies.study_name(settings)
 
     default = study_of()
     assert study_of(**{"train.threads": 1, "train.eval_batch_size": 64, "train.epochs": 3,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from imgclf import tracking
-from imgclf.cli import run_process, stage_parser
-from imgclf.settings import load_settings
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.settings import load_settings
+from imgclf.tracking.runs import pipeline_runs
 
 METRICS = ("val/kept_accuracy", "test/accuracy")  # the saved model's validation and test
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
-    runs = tracking.pipeline_runs(settings.tracking.experiment, args.last)
+    runs = pipeline_runs(settings.tracking.experiment, args.last)
     if not runs:
         print("no pipeline runs yet: run the pipeline (make run, dvc exp run)")
         return 0

@@ -19,11 +19,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imgclf import tracking
-from imgclf.cli import run_process, stage_parser
-from imgclf.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
-from imgclf.files import write_json
-from imgclf.settings import load_settings
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.files import write_json
+from imgclf.common.settings import load_settings
+from imgclf.data.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
+from imgclf.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = DATASETS[settings.data.dataset]
     mirrors = mirror_dirs(settings.download.mirrors, spec.name)
     version = data_version(spec)
-    with tracking.stage_run("download", settings, data_version=version) as run:
+    with stage_run("download", settings, data_version=version) as run:
         files = download(spec, mirrors, settings.download.online, settings.download.timeout_s,
                          args.out)
         manifest = {"dataset": spec.name, "data_version": version, "lineage": run.lineage,

@@ -8,23 +8,26 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
-from imgclf import tracking
-from imgclf.checkpoint import load_model
-from imgclf.cli import run_process, stage_parser
-from imgclf.data import Split, load_split
-from imgclf.engine import evaluate as evaluate_batches
-from imgclf.files import atomic_open, write_json, write_text
-from imgclf.settings import load_settings
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.files import atomic_open, write_json, write_text
+from imgclf.common.settings import load_settings
+from imgclf.data.splits import Split, load_split
+from imgclf.tracking.registry import register_model
+from imgclf.tracking.runs import StageRun, run_metrics, stage_run
+from imgclf.training.checkpoint import load_model
+from imgclf.training.engine import score
 
 # the train run's validation numbers that the pipeline run shows beside the test scores
 VALIDATION = ("val/best_accuracy", "val/kept_accuracy")
@@ -50,7 +53,7 @@ class TestReport:
 def evaluate(model: torch.nn.Module, test: Split, num_classes: int, batch_size: int
              ) -> TestReport:
     """Loss, accuracy, macro F1 and per-class precision/recall of ``model`` on ``test``."""
-    scored = evaluate_batches(model, test, batch_size)
+    scored = score(model, test, batch_size)
     precision, recall, f1, _ = precision_recall_fscore_support(
         test.labels.numpy(), scored.predictions.numpy(), labels=list(range(num_classes)),
         zero_division=0)
@@ -85,10 +88,10 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9a-z_.-]+", "_", name.lower())
 
 
-def register(name: str, info: dict, scores: dict[str, float], metric: str,
-             run: tracking.StageRun) -> dict:
+def register(name: str, info: dict[str, Any], scores: dict[str, float], metric: str,
+             run: StageRun) -> dict[str, Any]:
     """Register the trained model; return what the metrics file records about it."""
-    registered = tracking.register_model(
+    registered = register_model(
         name, info["mlflow_model_uri"], scores, metric,
         tags={"data_version": info.get("data_version", ""),
               "git_commit": run.tags.get("git_commit", ""),
@@ -100,7 +103,7 @@ def register(name: str, info: dict, scores: dict[str, float], metric: str,
     return {"model_version": int(registered.version), "champion": registered.champion}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
     parser.add_argument("--model", type=Path, required=True, help="model from the train stage")
@@ -108,36 +111,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=Path, required=True, help="output per-class JSON")
     parser.add_argument("--confusion", type=Path, required=True, help="output DVC plot data")
     parser.add_argument("--confusion-png", type=Path, required=True, help="output image")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def write_reports(args: argparse.Namespace, run: StageRun, test: Split, report: TestReport,
+                  classes: list[str]) -> None:
+    """Log and write the per-class scores and the confusion matrix (CSV for DVC, PNG)."""
+    per_class = {name: {"precision": p, "recall": r}
+                 for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
+    run.log_metrics({**report.scores(), **{f"test/{kind}/{metric_key(name)}": value
+                                           for name, values in per_class.items()
+                                           for kind, value in values.items()}})
+    figure = confusion_figure(test.labels, report.predictions, classes)
+    with atomic_open(args.confusion_png, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    run.log_artifact(args.confusion_png)
+    run.log_dict(per_class, "per_class.json")
+    write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
+    write_json(args.per_class, per_class)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = load_settings(args.params)
     model, arch, info = load_model(args.model)
     test = load_split(args.data, "test")
-    classes = arch.classes
 
-    with tracking.stage_run("evaluate", settings, upstream=info.get("lineage"),
-                            data_version=info.get("data_version"),
-                            deps=[args.data, args.model]) as run:
-        report = evaluate(model, test, len(classes), settings.evaluate.batch_size)
+    with stage_run("evaluate", settings, upstream=info.get("lineage"),
+                   data_version=info.get("data_version"), deps=[args.data, args.model]) as run:
+        report = evaluate(model, test, len(arch.classes), settings.evaluate.batch_size)
         scores = report.scores()
-        per_class = {name: {"precision": p, "recall": r}
-                     for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
-        run.log_metrics({**scores, **{f"test/{kind}/{metric_key(name)}": value
-                                      for name, values in per_class.items()
-                                      for kind, value in values.items()}})
-        figure = confusion_figure(test.labels, report.predictions, classes)
-        with atomic_open(args.confusion_png, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
-        run.log_artifact(args.confusion_png)
-        run.log_dict(per_class, "per_class.json")
-        write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
-        write_json(args.per_class, per_class)
+        write_reports(args, run, test, report, arch.classes)
         # the pipeline run shows validation and test side by side
-        validation = tracking.run_metrics(info.get("mlflow_run_id", ""))
+        validation = run_metrics(info.get("mlflow_run_id", ""))
         run.log_to_pipeline(metrics={**scores, **{k: v for k, v in validation.items()
                                                   if k in VALIDATION}})
-        summary = {"test": {key.removeprefix("test/"): value for key, value in scores.items()},
-                   "mlflow_run_id": run.run_id}
+        summary: dict[str, Any] = {
+            "test": {key.removeprefix("test/"): value for key, value in scores.items()},
+            "mlflow_run_id": run.run_id}
         name = settings.evaluate.model_name(settings.data.dataset)
         if name and "mlflow_model_uri" in info:  # a model the train stage logged to MLflow
             summary |= register(name, info, scores, settings.evaluate.champion_metric, run)

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from imgclf import tracking
-from imgclf.cli import run_process, stage_parser
-from imgclf.data import Meta, Split, channel_stats, save_splits, stratified_split
-from imgclf.datasets import DATASETS, DataError, DatasetSpec
-from imgclf.files import write_json
-from imgclf.settings import DataSettings, load_settings
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.files import write_json
+from imgclf.common.settings import DataSettings, load_settings
+from imgclf.data.datasets import DATASETS, DataError, DatasetSpec
+from imgclf.data.splits import Meta, Split, channel_stats, save_splits, stratified_split
+from imgclf.tracking.runs import stage_run
 
 SAMPLES_PER_CLASS = 8
 
@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.params)
     spec = DATASETS[settings.data.dataset]
     manifest = read_manifest(args.raw, spec.name)
-    with tracking.stage_run("preprocess", settings, upstream=manifest.get("lineage"),
-                            data_version=manifest.get("data_version"), deps=[args.raw]) as run:
+    with stage_run("preprocess", settings, upstream=manifest.get("lineage"),
+                   data_version=manifest.get("data_version"), deps=[args.raw]) as run:
         splits, meta = preprocess(args.raw, spec, settings.data)
         meta = replace(meta, data_version=manifest.get("data_version", ""),
                        lineage=run.lineage)

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from imgclf.cli import run_process, stage_parser
-from imgclf.errors import UserError
-from imgclf.settings import Settings, SettingsError, parse_settings, read_yaml
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.errors import UserError
+from imgclf.common.settings import Settings, SettingsError, parse_settings, read_yaml
 
 PRESETS_DIR = Path("presets")
 

@@ -13,10 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from imgclf import tracking
-from imgclf.cli import run_process, stage_parser
-from imgclf.errors import UserError
-from imgclf.settings import load_settings
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.errors import UserError
+from imgclf.common.settings import load_settings
+from imgclf.tracking.registry import champion_uri
+from imgclf.tracking.store import connect, tracking_uri
 
 BIN = Path(sys.executable).parent
 
@@ -38,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     name = settings.evaluate.model_name(settings.data.dataset)
     if name is None:
         raise UserError("evaluate.registered_model is null: no model is registered to serve")
-    tracking.connect(settings.tracking.experiment)
-    model_uri = tracking.champion_uri(name)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
+    connect(settings.tracking.experiment)
+    model_uri = champion_uri(name)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     # mlflow starts its web server (uvicorn) from PATH: use this environment's
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     command = serve_command(model_uri, args.host, args.port)

@@ -10,82 +10,25 @@ With ``--best-params`` the learning rate and batch size come from the tune stage
 
 from __future__ import annotations
 
+import argparse
 import csv
-import hashlib
 import io
-import json
-import os
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from imgclf import tracking
-from imgclf.checkpoint import (
-    Architecture,
-    load_training_state,
-    save_model,
-    save_training_state,
-)
-from imgclf.cli import run_process, stage_parser
-from imgclf.data import Meta, Split, load_meta, load_split
-from imgclf.engine import (
-    EpochStats,
-    FitResult,
-    deterministic_kernels,
-    distributed,
-    fit,
-    resolve_device,
-    set_determinism,
-)
-from imgclf.files import write_json, write_text
-from imgclf.settings import TrainSettings, apply_best_params, load_settings, read_lineage
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.files import write_json, write_text
+from imgclf.common.settings import Settings, load_settings
+from imgclf.data.splits import Meta, Split, load_meta, load_split
+from imgclf.tracking.runs import StageRun, stage_run
+from imgclf.training import distributed
+from imgclf.training.checkpoint import save_model
+from imgclf.training.engine import EpochStats, FitResult, deterministic_kernels, resolve_device
+from imgclf.training.trainer import architecture, train
+from imgclf.tuning import best_params
 
 INPUT_EXAMPLE_SIZE = 4
-
-
-def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
-    return Architecture(recipe.model, recipe.width, meta.image_shape, meta.classes,
-                        meta.mean, meta.std, recipe.tta)
-
-
-def train(
-    train_split: Split,
-    val_split: Split,
-    meta: Meta,
-    recipe: TrainSettings,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    checkpoint: Path | None = None,
-) -> FitResult:
-    """Build the network ``recipe`` names and train it; the core the tuner calls too.
-
-    With a ``checkpoint`` path the training state is saved there after every epoch, and a
-    state left by an interrupted run of the same recipe on the same data is resumed.
-    """
-    device = resolve_device(recipe.device)
-    set_determinism(recipe.seed, recipe.threads, device)
-    model = architecture(recipe, meta).build()
-    if checkpoint is None:
-        return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
-    key = training_key(recipe, meta, len(train_split))
-    result = fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch,
-                 resume=load_training_state(checkpoint, key),
-                 on_checkpoint=lambda state: save_training_state(checkpoint, key, state))
-    if distributed()[0] == 0:
-        checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
-    return result
-
-
-def training_key(recipe: TrainSettings, meta: Meta, train_size: int) -> str:
-    """Identifies a training run's inputs, so only the same run is ever resumed.
-
-    It covers ``train.keep`` too: only a ``keep: best`` run's states hold the best weights.
-    """
-    inputs = {"recipe": recipe.model_dump(mode="json", exclude={"device"}),
-              "meta": asdict(meta) | {"lineage": None}, "train_size": train_size}
-    return hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def history_csv(history: list[EpochStats]) -> str:
@@ -99,7 +42,7 @@ def history_csv(history: list[EpochStats]) -> str:
     return out.getvalue()
 
 
-def summary(result: FitResult, run_id: str) -> dict:
+def summary(result: FitResult, run_id: str) -> dict[str, Any]:
     """The DVC metrics file: the saved model's validation numbers, the best epoch's, and the
     MLflow run behind them."""
     best, kept = result.best, result.kept
@@ -114,16 +57,7 @@ def summary(result: FitResult, run_id: str) -> dict:
     }
 
 
-def relaunch_with_torchrun(processes: int, argv: list[str]) -> None:
-    """Replace this process by ``torchrun`` running ``processes`` copies of this stage."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}", "-m", "imgclf.train", *argv]
-    print(f"data-parallel training on {processes} processes: {' '.join(command[1:])}",
-          flush=True)
-    os.execv(sys.executable, command)
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder from preprocess")
     parser.add_argument("--model", type=Path, required=True, help="output model file")
@@ -133,36 +67,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="the tune stage's file; its train.lr and train.batch_size win")
     parser.add_argument("--checkpoint", type=Path,
                         help="per-epoch training state to resume from after an interruption")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    declared = settings = load_settings(args.params)
-    upstream: dict[str, str] = {}
-    if args.best_params:
-        settings = apply_best_params(declared, args.best_params)
-        upstream = read_lineage(args.best_params)
-    recipe = settings.train
-    meta = load_meta(args.data)
-    train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
-    device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
-    launched = "TORCHELASTIC_RUN_ID" in os.environ  # started by torchrun
-    if recipe.processes > 1 and not launched:
-        relaunch_with_torchrun(recipe.processes, sys.argv[1:] if argv is None else argv)
-    if launched:
-        torch.distributed.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo")
-        if torch.distributed.get_rank() > 0:
-            # every process trains its shard; only the first tracks and writes outputs
-            train(train_split, val_split, meta, recipe, checkpoint=args.checkpoint)
-            torch.distributed.destroy_process_group()
-            return 0
 
+def tracked_training(args: argparse.Namespace, settings: Settings, declared: Settings,
+                     upstream: dict[str, str], meta: Meta, splits: tuple[Split, Split]) -> None:
+    """Train in the stage's MLflow run; log epochs, the model and the summaries; write the
+    outputs."""
+    recipe, (train_split, val_split) = settings.train, splits
     deps = [args.data, *([args.best_params] if args.best_params else [])]
-    with tracking.stage_run("train", settings, upstream={**meta.lineage, **upstream},
-                            data_version=meta.data_version, deps=deps,
-                            declared=declared) as run:
+    with stage_run("train", settings, upstream={**meta.lineage, **upstream},
+                   data_version=meta.data_version, deps=deps, declared=declared) as run:
         run.log_params({"train_size": len(train_split), "val_size": len(val_split),
                         "hyperparams_from": str(args.best_params or args.params),
-                        "deterministic_algorithms": deterministic_kernels(device),
+                        "deterministic_algorithms":
+                            deterministic_kernels(resolve_device(recipe.device)),
                         "cudnn_benchmark": False})
         logged: set[int] = set()
 
@@ -177,26 +96,48 @@ def main(argv: list[str] | None = None) -> int:
             run.set_tags({"resumed_after_epoch": earlier[-1].epoch})
             for stats in earlier:
                 run.log_metrics(stats.metrics(), step=stats.epoch)
-        best, kept = result.best, result.kept
-        run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
-                         "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
-                         "val/kept_accuracy": kept.val_accuracy})
-        model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
-                                  .float().div(255).numpy())
-        save_model(args.model, result.model, architecture(recipe, meta),
-                   {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri,
-                    "data_version": meta.data_version, "lineage": run.lineage})
-        run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy,
-                                     "val/kept_accuracy": kept.val_accuracy},
-                            params={"tuned/lr": recipe.lr,
-                                    "tuned/batch_size": recipe.batch_size})
-        write_text(args.plots, history_csv(result.history))
-        write_json(args.metrics, summary(result, run.run_id))
-        print(f"kept epoch {result.kept_epoch} ({recipe.keep}): val accuracy "
-              f"{kept.val_accuracy:.4f}; best val accuracy {best.val_accuracy:.4f} at epoch "
-              f"{result.best_epoch} (MLflow run {run.run_id})")
-    if launched:
-        torch.distributed.destroy_process_group()
+        save_outputs(args, run, result, settings, meta, val_split)
+
+
+def save_outputs(args: argparse.Namespace, run: StageRun, result: FitResult,
+                 settings: Settings, meta: Meta, val_split: Split) -> None:
+    """Log the model and the summary metrics; write the model, plots and metrics files."""
+    recipe, best, kept = settings.train, result.best, result.kept
+    run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
+                     "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
+                     "val/kept_accuracy": kept.val_accuracy})
+    model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
+                              .float().div(255).numpy())
+    save_model(args.model, result.model, architecture(recipe, meta),
+               {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri,
+                "data_version": meta.data_version, "lineage": run.lineage})
+    run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy,
+                                 "val/kept_accuracy": kept.val_accuracy},
+                        params={"tuned/lr": recipe.lr, "tuned/batch_size": recipe.batch_size})
+    write_text(args.plots, history_csv(result.history))
+    write_json(args.metrics, summary(result, run.run_id))
+    print(f"kept epoch {result.kept_epoch} ({recipe.keep}): val accuracy "
+          f"{kept.val_accuracy:.4f}; best val accuracy {best.val_accuracy:.4f} at epoch "
+          f"{result.best_epoch} (MLflow run {run.run_id})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    declared = settings = load_settings(args.params)
+    upstream: dict[str, str] = {}
+    if args.best_params:
+        tuned = best_params.read(args.best_params)
+        settings, upstream = tuned.apply(declared, str(args.best_params)), tuned.lineage
+    recipe = settings.train
+    meta = load_meta(args.data)
+    splits = load_split(args.data, "train"), load_split(args.data, "val")
+    device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
+    argv = sys.argv[1:] if argv is None else argv
+    with distributed.process_group(recipe.processes, device, "imgclf.train", argv) as rank:
+        if rank > 0:  # every process trains its shard; only the first tracks and writes
+            train(*splits, meta, recipe, checkpoint=args.checkpoint)
+        else:
+            tracked_training(args, settings, declared, upstream, meta, splits)
     return 0
 
 

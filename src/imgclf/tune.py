@@ -1,6 +1,6 @@
 """Stage 3: search learning rate and batch size with Optuna; the winner feeds training.
 
-Every trial calls the train stage's own training function on a share of the training split
+Every trial calls the training core the train stage uses on a share of the training split
 and reports validation accuracy after each epoch, so the pruner can stop weak trials early.
 The study is stored outside DVC's outputs and resumes: raising ``tune.n_trials`` and rerunning
 adds only the missing trials. With ``tune.enabled: false`` the stage writes ``train.lr`` and
@@ -24,15 +24,18 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.visualization import matplotlib as optuna_plots
 
-from imgclf import studies, tracking
-from imgclf.cli import run_process, stage_parser
-from imgclf.data import Meta, Split, load_meta, load_split, stratified_split
-from imgclf.engine import EpochStats
-from imgclf.errors import UserError
-from imgclf.files import project_root, write_json, write_text
-from imgclf.processes import process_id
-from imgclf.settings import Settings, TuneSettings, load_settings
-from imgclf.train import train
+from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.errors import UserError
+from imgclf.common.files import project_root, write_json
+from imgclf.common.processes import process_id
+from imgclf.common.settings import Settings, load_settings
+from imgclf.data.splits import Meta, Split, load_meta, load_split, stratified_split
+from imgclf.tracking.orphans import close_orphaned_run, error_tag
+from imgclf.tracking.runs import StageRun, stage_run, trial_run
+from imgclf.tracking.store import connect
+from imgclf.training.engine import EpochStats
+from imgclf.training.trainer import train
+from imgclf.tuning import best_params, studies
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val/best_accuracy"
@@ -52,44 +55,6 @@ class Job:
     experiment_id: str
     worker: int
     threads: int
-
-
-def fingerprint(settings: Settings) -> dict[str, Any]:
-    """Everything that shapes a trial's result; a change starts a new study.
-
-    Left out: what trials replace (epochs, tta), which epoch's weights training keeps (a
-    trial scores its best epoch), and where and how fast they run (device, threads,
-    processes, evaluation batch size), which moves results by float rounding only.
-    """
-    search = settings.tune.model_dump(
-        mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
-    recipe = settings.train.model_dump(
-        mode="json",
-        exclude={"epochs", "device", "threads", "processes", "tta", "keep", "eval_batch_size"})
-    return {"dataset": settings.data.dataset, "model": settings.train.model,
-            "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
-
-
-def make_sampler(cfg: TuneSettings, worker: int) -> optuna.samplers.BaseSampler:
-    # Each worker gets its own seed, or parallel workers would propose the same trials.
-    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + worker,
-                                      n_startup_trials=cfg.startup_trials)
-
-
-def make_pruner(cfg: TuneSettings) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs,
-                                              reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
-def open_study(cfg: TuneSettings, storage: str, name: str, worker: int = 0) -> optuna.Study:
-    """Create the study or resume it."""
-    return optuna.create_study(
-        study_name=name, storage=studies.open_storage(storage), direction="maximize",
-        sampler=make_sampler(cfg, worker), pruner=make_pruner(cfg), load_if_exists=True)
 
 
 def trial_data(train_split: Split, fraction: float, seed: int) -> Split:
@@ -118,7 +83,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
             "baseline": str(trial.user_attrs.get("baseline", False)).lower()}
-    with tracking.trial_run(job.parent_run_id, job.experiment_id, f"trial {trial.number}",
+    with trial_run(job.parent_run_id, job.experiment_id, f"trial {trial.number}",
                             {**params, "epochs": cfg.epochs, "train_size": len(train_split)},
                             tags, pruned=(optuna.TrialPruned,)) as run:
         trial.set_user_attr(studies.RUN_ATTR, run.run_id)
@@ -137,7 +102,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr(studies.FAIL_ATTR, f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(studies.FAIL_ATTR, error_tag(exc))
             raise
         run.log_metrics({OBJECTIVE: result.best.val_accuracy, "best_epoch": result.best_epoch})
         return result.best.val_accuracy
@@ -145,9 +110,9 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
 
 def run_worker(job: Job) -> None:
     """Run ``job.n_trials`` trials of the shared study (in this process)."""
-    tracking.connect(job.settings.tracking.experiment, job.root)
+    connect(job.settings.tracking.experiment, job.root)
     cfg = job.settings.tune
-    study = open_study(cfg, job.storage, job.study, job.worker)
+    study = studies.open_study(cfg, job.storage, job.study, job.worker)
     meta = load_meta(job.data_dir)
     train_split = trial_data(load_split(job.data_dir, "train"), cfg.train_fraction,
                              job.settings.data.seed)
@@ -201,7 +166,7 @@ def enqueue_baseline(study: optuna.Study, settings: Settings) -> None:
                         user_attrs={"baseline": True})
 
 
-def log_plots(run: tracking.StageRun, study: optuna.Study) -> None:
+def log_plots(run: StageRun, study: optuna.Study) -> None:
     """Optimization history, parameter importances and the lr / batch size slice plot."""
     plots = {
         "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
@@ -226,42 +191,45 @@ def log_plots(run: tracking.StageRun, study: optuna.Study) -> None:
         plt.close(figure)
 
 
-def best_params_yaml(lr: float, batch_size: int, source: str, lineage: dict[str, str]) -> str:
-    """The file the train stage reads: the winning values and the runs behind them."""
-    runs = "".join(f"  {stage}: {run_id}\n" for stage, run_id in lineage.items())
-    return (f"# Written by the tune stage ({source}); train reads it.\n"
-            f"train:\n  lr: {lr!r}\n  batch_size: {batch_size}\nlineage:\n{runs}")
+def recover_orphans(study: optuna.Study) -> None:
+    """Mark FAIL the trials a dead worker left running, and close their MLflow runs."""
+    for trial in studies.fail_orphaned_trials(study):
+        if run_id := trial.user_attrs.get(studies.RUN_ATTR):
+            close_orphaned_run(run_id, "its tuning worker died mid-trial")
+        log.info("trial %d was left running by a dead worker: marked FAIL", trial.number)
 
 
-def tune(settings: Settings, data_dir: Path, root: Path, run: tracking.StageRun
+def run_trials(settings: Settings, study: optuna.Study, data_dir: Path, root: Path,
+               storage: str, run: StageRun) -> None:
+    """Run the trials still missing from ``tune.n_trials`` on ``tune.workers`` workers."""
+    cfg = settings.tune
+    counts = studies.count_states(study)
+    remaining = cfg.n_trials - counts["complete"] - counts["pruned"]
+    log.info("study %s: %d trials done, %d to run with %d worker(s)", study.study_name,
+             counts["complete"] + counts["pruned"], max(remaining, 0), cfg.workers)
+    if remaining <= 0:
+        return
+    threads = settings.train.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
+    jobs = [Job(settings, data_dir, root, storage, study.study_name, share, run.run_id,
+                run.experiment_id, worker, threads)
+            for worker, share in enumerate(split_trials(remaining, cfg.workers))]
+    codes = run_workers(jobs)
+    if any(codes):
+        log.warning("worker exit codes %s; their unfinished trials are marked FAIL", codes)
+    recover_orphans(study)
+
+
+def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run (or resume) the study; return the best params and a summary for the metrics file."""
     cfg = settings.tune
-    name = studies.study_name(cfg, fingerprint(settings))
+    name = studies.study_name(settings)
     storage = studies.storage_url(cfg, root, name)
-    study = open_study(cfg, storage, name)
-    for trial in studies.fail_orphaned_trials(study):
-        if run_id := trial.user_attrs.get(studies.RUN_ATTR):
-            tracking.close_orphaned_run(run_id, "its tuning worker died mid-trial")
-        log.info("trial %d was left running by a dead worker: marked FAIL", trial.number)
+    study = studies.open_study(cfg, storage, name)
+    recover_orphans(study)
     enqueue_baseline(study, settings)
-    counts = studies.count_states(study)
-    remaining = cfg.n_trials - counts["complete"] - counts["pruned"]
     run.set_tags({"optuna_study": name, "optuna_storage": storage})
-    log.info("study %s: %d trials done, %d to run with %d worker(s)", name,
-             counts["complete"] + counts["pruned"], max(remaining, 0), cfg.workers)
-
-    if remaining > 0:
-        threads = settings.train.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
-        jobs = [Job(settings, data_dir, root, storage, name, share, run.run_id,
-                    run.experiment_id, worker, threads)
-                for worker, share in enumerate(split_trials(remaining, cfg.workers))]
-        codes = run_workers(jobs)
-        if any(codes):
-            log.warning("worker exit codes %s; their unfinished trials are marked FAIL", codes)
-        for trial in studies.fail_orphaned_trials(study):
-            if run_id := trial.user_attrs.get(studies.RUN_ATTR):
-                tracking.close_orphaned_run(run_id, "its tuning worker died mid-trial")
+    run_trials(settings, study, data_dir, root, storage, run)
 
     counts = studies.count_states(study)
     if counts["complete"] == 0:
@@ -290,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     root = project_root()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
-    with tracking.stage_run("tune", settings, upstream=meta.lineage,
-                            data_version=meta.data_version, deps=[args.data]) as run:
+    with stage_run("tune", settings, upstream=meta.lineage, data_version=meta.data_version,
+                   deps=[args.data]) as run:
         if settings.tune.enabled:
             best, summary = tune(settings, args.data.resolve(), root, run)
             source = f"best of study {summary['study']}"
@@ -301,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             source = "tuning disabled: train.lr and train.batch_size from params.yaml"
             run.set_tags({"tuning": "disabled"})
         summary["mlflow_run_id"] = run.run_id
-        write_text(args.best, best_params_yaml(best["lr"], best["batch_size"], source,
-                                               run.lineage))
+        best_params.write(args.best, best_params.BestParams(
+            best["lr"], best["batch_size"], run.lineage), source)
         write_json(args.metrics, summary)
         run.log_to_pipeline(params={"tuned/lr": best["lr"], "tuned/batch_size": best["batch_size"]})
         print(f"lr {best['lr']:.6g}, batch size {best['batch_size']} ({source})")

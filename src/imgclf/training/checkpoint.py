@@ -12,18 +12,19 @@ from pathlib import Path
 
 from torch import nn
 
-from imgclf.errors import UserError
-from imgclf.models import build_model
-from imgclf.tensorfiles import load_tensors, save_tensors
+from imgclf.common.errors import UserError
+from imgclf.common.settings import ModelName
+from imgclf.common.tensorfiles import load_tensors, save_tensors
+from imgclf.training.models import build_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Everything :func:`imgclf.models.build_model` needs besides the weights."""
+    """Everything :func:`imgclf.training.models.build_model` needs besides the weights."""
 
-    model: str
+    model: ModelName
     width: int
     in_shape: list[int]
     classes: list[str]

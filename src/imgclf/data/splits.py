@@ -1,26 +1,20 @@
-"""In-memory dataset splits and the batch loader.
+"""The preprocessed splits: uint8 image tensors with their labels, and what is known of them.
 
-Images stay uint8 in one tensor (on the training device) and batches are sliced from it:
-no per-sample Python objects, no PIL transforms, no worker processes. Augmentation runs on
-whole batches.
+A split is one tensor of images (N x C x H x W, uint8) and one of labels, kept whole in
+memory; :mod:`imgclf.data.batches` slices batches from it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from imgclf.errors import UserError
-from imgclf.files import write_json
-from imgclf.tensorfiles import load_tensors, save_tensors
-
-SPLITS = ("train", "val", "test")
-AUGMENTATIONS = ("none", "crop", "flip", "crop_flip")
+from imgclf.common.errors import UserError
+from imgclf.common.files import write_json
+from imgclf.common.tensorfiles import load_tensors, save_tensors
 
 
 @dataclass(frozen=True)
@@ -110,55 +104,3 @@ def load_meta(folder: Path) -> Meta:
         return Meta(**json.loads((folder / "meta.json").read_text()))
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{folder / 'meta.json'}: unreadable ({exc}); rerun preprocess") from None
-
-
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad each image by ``pad`` black pixels and cut a random window of the original size."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(x.device)
-    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the images left-right."""
-    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-def batches(
-    split: Split,
-    batch_size: int,
-    *,
-    generator: torch.Generator | None = None,
-    augment: str = "none",
-    augment_generator: torch.Generator | None = None,
-    shard: tuple[int, int] = (0, 1),
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(float images in [0, 1], labels)`` batches; shuffled when given a generator.
-
-    Images come channels-last (NHWC in memory, NCHW in shape): oneDNN's and cuDNN's
-    convolutions run markedly faster on that layout. With ``shard=(rank, world)`` each of
-    ``world`` processes gets its own share of every batch of ``batch_size`` (data-parallel
-    training); all processes must pass generators in the same state.
-    """
-    n = len(split)
-    rank, world = shard
-    if generator is None:
-        order = torch.arange(n, device=split.labels.device)
-    else:
-        order = torch.randperm(n, generator=generator).to(split.labels.device)
-    augment_generator = augment_generator or generator
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size][rank::world]
-        x = split.images[index].float().div_(255)
-        if augment_generator is not None and augment in ("crop", "crop_flip"):
-            x = random_crop(x, max(1, x.shape[-1] // 8), augment_generator)
-        if augment_generator is not None and augment in ("flip", "crop_flip"):
-            x = random_flip(x, augment_generator)
-        yield x.contiguous(memory_format=torch.channels_last), split.labels[index]

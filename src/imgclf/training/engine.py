@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.data import Split, batches
-from imgclf.errors import UserError
-from imgclf.settings import TrainSettings
+from imgclf.common.errors import UserError
+from imgclf.common.settings import TrainSettings
+from imgclf.data.batches import batches
+from imgclf.data.splits import Split
+from imgclf.training.distributed import all_reduce, distributed
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,9 @@ class FitResult:
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class Scores:
+    """A model's mean loss and accuracy on a split, and its predicted class per image."""
+
     loss: float
     accuracy: float
     predictions: torch.Tensor
@@ -149,23 +153,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainSettings, tota
     return None
 
 
-def distributed() -> tuple[int, int]:
-    """``(rank, world size)`` of this process in data-parallel training, ``(0, 1)`` alone."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(*values: torch.Tensor) -> list[float]:
-    """Sum scalars over all processes (identity when training alone)."""
-    stacked = torch.stack([v.detach().double() for v in values])
-    if distributed()[1] > 1:
-        on = stacked.cuda() if torch.distributed.get_backend() == "nccl" else stacked
-        torch.distributed.all_reduce(on)
-        stacked = on.cpu()
-    return stacked.tolist()
-
-
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 mixed precision on GPUs that support it; full precision (and exact) on CPU."""
     enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -173,7 +160,7 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
+def score(model: nn.Module, split: Split, batch_size: int) -> Scores:
     """Mean cross-entropy, accuracy and the predicted class of every image.
 
     In data-parallel training each process scores its shard and the sums are all-reduced, so
@@ -191,10 +178,150 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> EvalResult:
         predicted = logits.argmax(dim=1)
         correct += (predicted == y).sum()
         predictions.append(predicted)
-    total_loss, total_correct = _all_reduce(loss_sum, correct)
+    total_loss, total_correct = all_reduce(loss_sum, correct)
     n = max(len(split), 1)
     predicted = torch.cat(predictions).cpu() if predictions else torch.zeros(0, dtype=torch.long)
-    return EvalResult(total_loss / n, total_correct / n, predicted)
+    return Scores(total_loss / n, total_correct / n, predicted)
+
+
+@dataclass
+class Training:
+    """What changes as training goes on: the optimisation state and what was measured."""
+
+    model: nn.Module
+    net: nn.Module  # the model, wrapped for data-parallel training across processes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    augment_generator: torch.Generator
+    steps_per_epoch: int
+    result: FitResult
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best_accuracy(self) -> float:
+        return self.result.best.val_accuracy if self.result.best_epoch else -1.0
+
+
+def start(model: nn.Module, recipe: TrainSettings, device: torch.device, train_size: int
+          ) -> Training:
+    """The state before the first epoch: the model on ``device``, fresh optimizer, schedule
+    and seeded generators."""
+    model.to(device=device, memory_format=torch.channels_last)  # matches the batches' layout
+    rank, world = distributed()
+    # every process shuffles identically (their shards must tile each batch); augmentation
+    # draws differ per process
+    generator = torch.Generator().manual_seed(recipe.seed)
+    augment_generator = torch.Generator().manual_seed(recipe.seed + 1 + rank)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(train_size / recipe.batch_size)
+    scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    return Training(model, net, optimizer, scheduler, generator, augment_generator,
+                    steps_per_epoch, FitResult(model))
+
+
+def snapshot(training: Training, epoch: int) -> dict[str, Any]:
+    """The complete state after ``epoch``: :func:`restore` continues exactly from it."""
+    return {
+        "epoch": epoch, "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "scheduler": (training.scheduler.state_dict() if training.scheduler is not None
+                      else None),
+        "generator": training.generator.get_state(),
+        "augment_generator": training.augment_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": [asdict(stats) for stats in training.result.history],
+        "best_epoch": training.result.best_epoch, "best_state": training.best_state,
+    }
+
+
+def restore(training: Training, state: dict[str, Any]) -> int:
+    """Load a :func:`snapshot` into ``training``; return the epoch it was taken after."""
+    training.model.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    if training.scheduler is not None:
+        training.scheduler.load_state_dict(state["scheduler"])
+    training.generator.set_state(state["generator"])
+    training.augment_generator.set_state(state["augment_generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng"):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    training.result.history = [EpochStats(**stats) for stats in state["history"]]
+    training.result.best_epoch = state["best_epoch"]
+    training.best_state = state["best_state"]
+    return int(state["epoch"])
+
+
+def train_epoch(training: Training, train: Split, recipe: TrainSettings, epoch: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over this process's shard of ``train``; the summed loss and correct count.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite.
+    """
+    rank, world = distributed()
+    device = train.labels.device
+    training.model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loader = batches(train, recipe.batch_size, generator=training.generator,
+                     augment=recipe.augment, augment_generator=training.augment_generator,
+                     shard=(rank, world))
+    bar = tqdm(loader, total=training.steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
+               unit="batch", disable=not sys.stderr.isatty() or rank > 0, leave=False,
+               file=sys.stderr)
+    for step, (x, y) in enumerate(bar):
+        with autocast(device):
+            logits = training.net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}, "
+                                f"batch {step + 1}; lower train.lr")
+        training.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        training.optimizer.step()
+        if training.scheduler is not None:
+            training.scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(dim=1) == y).sum()
+    return loss_sum, correct
+
+
+def run_epoch(training: Training, train: Split, val: Split, recipe: TrainSettings, epoch: int
+              ) -> EpochStats:
+    """Train one epoch, score the validation split, and record the epoch's numbers."""
+    started = time.perf_counter()
+    lr = training.optimizer.param_groups[0]["lr"]
+    loss_sum, correct = train_epoch(training, train, recipe, epoch)
+    train_seconds = time.perf_counter() - started
+    total_loss, total_correct = all_reduce(loss_sum, correct)
+    evaluated = score(training.model, val, recipe.eval_batch_size)
+    stats = EpochStats(
+        epoch=epoch,
+        train_loss=total_loss / len(train),
+        train_accuracy=total_correct / len(train),
+        val_loss=evaluated.loss,
+        val_accuracy=evaluated.accuracy,
+        lr=lr,
+        seconds=time.perf_counter() - started,
+        images_per_s=len(train) / train_seconds,
+    )
+    training.result.history.append(stats)
+    if stats.val_accuracy > training.best_accuracy:
+        training.result.best_epoch = epoch
+        if recipe.keep == "best":
+            training.best_state = copy.deepcopy(training.model.state_dict())
+    if distributed()[0] == 0:
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
+                 "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
+                 stats.train_accuracy, stats.val_loss, stats.val_accuracy, stats.seconds,
+                 stats.images_per_s)
+    return stats
 
 
 def fit(
@@ -221,107 +348,28 @@ def fit(
     Raises:
         DivergedError: the loss became NaN or infinite (learning rate too high).
     """
-    model.to(device=device, memory_format=torch.channels_last)  # matches the batches' layout
+    training = start(model, recipe, device, len(train))
     train, val = train.to(device), val.to(device)
-    rank, world = distributed()
-    # every process shuffles identically (their shards must tile each batch); augmentation
-    # draws differ per process
-    generator = torch.Generator().manual_seed(recipe.seed)
-    augment_generator = torch.Generator().manual_seed(recipe.seed + 1 + rank)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(model, recipe)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
-    result = FitResult(model)
-    best_state, best_accuracy = None, -1.0
-    show_bar = sys.stderr.isatty()
     first_epoch = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        augment_generator.set_state(resume["augment_generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        if torch.cuda.is_available() and resume.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(resume["cuda_rng"])
-        result.history = [EpochStats(**stats) for stats in resume["history"]]
-        result.best_epoch, best_state = resume["best_epoch"], resume["best_state"]
-        best_accuracy = result.best.val_accuracy
-        first_epoch = resume["epoch"] + 1
-        log.info("resuming after epoch %d of %d", resume["epoch"], recipe.epochs)
-
+        first_epoch = restore(training, resume) + 1
+        log.info("resuming after epoch %d of %d", first_epoch - 1, recipe.epochs)
     for epoch in range(first_epoch, recipe.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(batches(train, recipe.batch_size, generator=generator, augment=recipe.augment,
-                           augment_generator=augment_generator, shard=(rank, world)),
-                   total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch",
-                   disable=not show_bar or rank > 0, leave=False, file=sys.stderr)
-        for step, (x, y) in enumerate(bar):
-            with autocast(device):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}, "
-                                    f"batch {step + 1}; lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(dim=1) == y).sum()
-        train_seconds = time.perf_counter() - started
-        total_loss, total_correct = _all_reduce(loss_sum, correct)
-
-        evaluated = evaluate(model, val, recipe.eval_batch_size)
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=total_loss / len(train),
-            train_accuracy=total_correct / len(train),
-            val_loss=evaluated.loss,
-            val_accuracy=evaluated.accuracy,
-            lr=lr,
-            seconds=time.perf_counter() - started,
-            images_per_s=len(train) / train_seconds,
-        )
-        result.history.append(stats)
-        if stats.val_accuracy > best_accuracy:
-            best_accuracy, result.best_epoch = stats.val_accuracy, epoch
-            if recipe.keep == "best":
-                best_state = copy.deepcopy(model.state_dict())
-        if rank == 0:
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  "
-                     "%.1fs (%.0f img/s)", epoch, recipe.epochs, stats.train_loss,
-                     stats.train_accuracy, stats.val_loss, stats.val_accuracy, stats.seconds,
-                     stats.images_per_s)
+        stats = run_epoch(training, train, val, recipe, epoch)
         if on_epoch is not None:
             on_epoch(stats)
-        if on_checkpoint is not None and rank == 0:
-            on_checkpoint({
-                "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "generator": generator.get_state(),
-                "augment_generator": augment_generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "history": [asdict(stats) for stats in result.history],
-                "best_epoch": result.best_epoch, "best_state": best_state,
-            })
+        if on_checkpoint is not None and distributed()[0] == 0:
+            on_checkpoint(snapshot(training, epoch))
+    return keep(training, recipe.keep)
 
-    if recipe.keep == "best":
-        model.load_state_dict(best_state)
+
+def keep(training: Training, which: str) -> FitResult:
+    """The result, its model holding the ``last`` epoch's weights or the ``best`` one's."""
+    result = training.result
+    if which == "best" and training.best_state is not None:
+        training.model.load_state_dict(training.best_state)
         result.kept_epoch = result.best_epoch
     else:
         result.kept_epoch = len(result.history)
-    model.eval()
+    training.model.eval()
     return result

@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

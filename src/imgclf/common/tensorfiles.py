@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from imgclf.errors import UserError
-from imgclf.files import atomic_open
+from imgclf.common.errors import UserError, one_line
+from imgclf.common.files import atomic_open
 
 
 def save_tensors(path: str | Path, data: dict[str, Any]) -> None:
@@ -31,8 +31,7 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{path}: refused: not a weights-only tensor file ({reason}). "
+            f"{path}: refused: not a weights-only tensor file ({one_line(exc)}). "
             "Delete it and rerun the stage that writes it (dvc repro)."
         ) from None

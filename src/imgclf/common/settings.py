@@ -25,7 +25,7 @@ from pydantic import (
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from imgclf.errors import UserError
+from imgclf.common.errors import UserError
 
 Dataset = Literal["fashion-mnist", "mnist", "cifar10"]
 ModelName = Literal["mlp", "cnn", "cifar_cnn"]
@@ -283,36 +283,3 @@ def read_yaml(path: str | Path, if_missing: str = "") -> Any:
 def load_settings(path: str | Path = "params.yaml") -> Settings:
     """Read and validate ``params.yaml``."""
     return parse_settings(read_yaml(path, "; run from the project root"), str(path))
-
-
-TUNED_KEYS = ("lr", "batch_size")
-
-
-def apply_best_params(settings: Settings, path: str | Path) -> Settings:
-    """``settings`` with ``train.lr`` and ``train.batch_size`` taken from the tune stage's file.
-
-    Raises:
-        SettingsError: the file is missing, unreadable or holds invalid values.
-    """
-    path = Path(path)
-    try:
-        raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-        best = {key: raw["train"][key] for key in TUNED_KEYS}
-    except FileNotFoundError:
-        raise SettingsError(f"{path}: not found; run the tune stage first (dvc repro tune)"
-                            ) from None
-    except (OSError, YAMLError, KeyError, TypeError) as exc:
-        raise SettingsError(f"{path}: not a best-params file ({exc}); rerun the tune stage"
-                            ) from None
-    merged = settings.model_dump()
-    merged["train"].update(best)
-    return parse_settings(merged, str(path))
-
-
-def read_lineage(path: str | Path) -> dict[str, str]:
-    """The ``lineage`` map (stage -> MLflow run id) of a file written by an earlier stage."""
-    try:
-        lineage = YAML(typ="safe", pure=True).load(Path(path).read_text())["lineage"]
-    except (OSError, YAMLError, KeyError, TypeError):
-        return {}
-    return {str(k): str(v) for k, v in lineage.items()} if isinstance(lineage, dict) else {}

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.errors import UserError
+from imgclf.common.errors import UserError
 
 
 class DataError(UserError):

@@ -1,0 +1,1 @@
+"""What every command shares: settings, user errors, the command line, files on disk."""

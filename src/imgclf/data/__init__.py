@@ -1,0 +1,1 @@
+"""Datasets, the preprocessed splits and the batch loader."""

@@ -1,0 +1,1 @@
+"""MLflow, one module per concern; nothing else in imgclf imports ``mlflow``."""

@@ -1,0 +1,1 @@
+"""The Optuna study and the file that hands its winner to training."""

@@ -1,0 +1,135 @@
+"""The one module that owns the Optuna study: its name, storage, sampler, pruner, opening,
+orphaned trials and state counts.
+
+The embedded default storage is a journal file per study under ``optuna/`` at the project
+root (safe for several processes on one machine). A database URL (PostgreSQL) lets workers
+on many machines share a study. Journal storage has no heartbeat, so every worker records
+which process runs each trial; at the next start, trials whose process is gone are marked
+FAIL. Database storage additionally uses Optuna's heartbeat for workers on other machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from imgclf.common.processes import is_alive
+from imgclf.common.settings import Settings, TuneSettings
+
+STUDY_DIR = "optuna"
+HEARTBEAT_S = 10
+GRACE_S = 60
+WORKER_ATTR = "worker"
+RUN_ATTR = "mlflow_run_id"
+FAIL_ATTR = "fail_reason"
+STATES = ("complete", "pruned", "fail", "running")
+
+
+def fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything that shapes a trial's result; a change starts a new study.
+
+    Left out: what trials replace (epochs, tta), which epoch's weights training keeps (a
+    trial scores its best epoch), and where and how fast they run (device, threads,
+    processes, evaluation batch size), which moves results by float rounding only.
+    """
+    search = settings.tune.model_dump(
+        mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
+    recipe = settings.train.model_dump(
+        mode="json",
+        exclude={"epochs", "device", "threads", "processes", "tta", "keep", "eval_batch_size"})
+    return {"dataset": settings.data.dataset, "model": settings.train.model,
+            "data": settings.data.model_dump(mode="json"), "train": recipe, "tune": search}
+
+
+def study_name(settings: Settings) -> str:
+    """``tune.study``, or a name that changes whenever the search itself changes.
+
+    The :func:`fingerprint` holds everything that shapes a trial's result; raising
+    ``n_trials`` or adding workers keeps the name, so the study resumes, while a new search
+    space starts a new study.
+    """
+    if settings.tune.study:
+        return settings.tune.study
+    found = fingerprint(settings)
+    digest = hashlib.sha1(json.dumps(found, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{found['dataset']}-{found['model']}-{digest}"
+
+
+def storage_url(cfg: TuneSettings, root: Path, name: str) -> str:
+    """The database URL or the journal file path of study ``name``."""
+    if cfg.storage is None:
+        return str(root / STUDY_DIR / f"{name}.journal")
+    if "://" in cfg.storage:
+        return cfg.storage
+    return str(root / cfg.storage)
+
+
+def open_storage(url: str) -> BaseStorage:
+    """Journal-file storage for a path, RDB storage (with heartbeat) for a URL."""
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                      engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(cfg: TuneSettings, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded TPE after ``tune.startup_trials`` random trials.
+
+    Each worker gets its own seed, or parallel workers would propose the same trials.
+    """
+    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + worker,
+                                      n_startup_trials=cfg.startup_trials)
+
+
+def make_pruner(cfg: TuneSettings) -> optuna.pruners.BasePruner:
+    """The ``tune.pruner``; hyperband's budget is ``tune.epochs``."""
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: TuneSettings, storage: str, name: str, worker: int = 0) -> optuna.Study:
+    """Create the study or resume it, maximising validation accuracy."""
+    return optuna.create_study(
+        study_name=name, storage=open_storage(storage), direction="maximize",
+        sampler=make_sampler(cfg, worker), pruner=make_pruner(cfg), load_if_exists=True)
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL the RUNNING trials whose worker process on this machine has died.
+
+    Returns the trials it failed, so their tracking runs can be closed too.
+    """
+    orphans = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        # another machine's worker counts as alive: the database heartbeat judges it
+        if worker is None or is_alive(worker):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, FAIL_ATTR,
+                                    f"worker {worker} died while the trial was running")
+        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            orphans.append(trial)
+    return orphans
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    """Trials per state: ``{"complete": n, "pruned": n, "fail": n, "running": n}``."""
+    counts = dict.fromkeys(STATES, 0)
+    for trial in study.get_trials(deepcopy=False):
+        name = trial.state.name.lower()
+        if name in counts:
+            counts[name] += 1
+    return counts
