@@ -72,8 +72,9 @@ bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~
 bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~35 min)
 	$(BIN)/python bench/run.py --only preset
 
-lint: setup ## ruff
+lint: setup ## ruff on the code, tests and benchmarks; mypy's type check of src/
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)

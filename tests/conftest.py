@@ -22,8 +22,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from ruamel.yaml import YAML
 
-from imgclf.data.datasets import DataFile, DatasetSpec
 from imgclf.data import datasets
+from imgclf.data.datasets import DataFile, DatasetSpec
 from imgclf.tracking.store import tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 
 from imgclf import download
 from imgclf.common.cli import run_stage
-from imgclf.data.datasets import DataError
 from imgclf.data import datasets
+from imgclf.data.datasets import DataError
 
 from .conftest import FMNIST_DIR, runs_of, spec_for, write_idx_dataset
 

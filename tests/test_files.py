@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from imgclf.common.files import atomic_open, project_root, write_json
@@ -26,3 +29,24 @@ def test_new_file_appears_only_complete(tmp_path):
 def test_project_root_prefers_dvc_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert project_root() == tmp_path.resolve()
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        with atomic_open(tmp_path / "model.pt", "wb") as handle:
+            handle.write(b"x")
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "model.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_a_stricter_umask_is_respected(tmp_path):
+    old = os.umask(0o077)
+    try:
+        write_json(tmp_path / "private.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600

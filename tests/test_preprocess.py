@@ -9,7 +9,7 @@ import torch
 from imgclf import preprocess
 from imgclf.common.cli import run_stage
 from imgclf.data.datasets import DATASETS, DataError
-from imgclf.data.splits import Split, channel_stats, load_meta, load_split, stratified_split
+from imgclf.data.splits import Split, channel_stats, load_meta, load_split
 from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
 
 from .conftest import (
@@ -20,27 +20,6 @@ from .conftest import (
     runs_of,
     write_cifar_archive,
 )
-
-
-def test_stratified_split_keeps_class_shares_and_is_seeded():
-    labels = torch.arange(1000) % 10
-    val, train = stratified_split(labels, 0.1, seed=3)
-    assert len(val) == 100 and len(train) == 900
-    assert torch.bincount(labels[val]).tolist() == [10] * 10
-    assert set(val.tolist()).isdisjoint(train.tolist())
-    again, _ = stratified_split(labels, 0.1, seed=3)
-    other, _ = stratified_split(labels, 0.1, seed=4)
-    assert torch.equal(val, again)
-    assert not torch.equal(val, other)
-
-
-def test_channel_stats_are_per_channel():
-    images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
-    images[:, 1] = 255
-    images[:2, 2] = 255
-    mean, std = channel_stats(images)
-    assert mean == pytest.approx([0.0, 1.0, 0.5])
-    assert std[0] == pytest.approx(0.0) and std[2] > 0.4
 
 
 @pytest.mark.parametrize("channels", [1, 3])

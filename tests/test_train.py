@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import copy
 import csv
 import json
-import pickle
 import signal
 import subprocess
 import sys
@@ -16,11 +14,8 @@ import torch
 
 from imgclf import train
 from imgclf.common.cli import run_stage
-from imgclf.common.settings import load_settings
-from imgclf.data.splits import load_meta, load_split
-from imgclf.training import engine, trainer
-from imgclf.training.checkpoint import load_model, save_training_state
-from imgclf.training.engine import DivergedError
+from imgclf.data.splits import load_split
+from imgclf.training.checkpoint import load_model
 
 from .conftest import (
     DOWNLOAD_ARGS,
@@ -30,70 +25,6 @@ from .conftest import (
     TRAIN_ARGS,
     runs_of,
 )
-
-
-def core_inputs(processed, project, **recipe):
-    settings = load_settings(project / "params.yaml")
-    return (load_split(processed, "train"), load_split(processed, "val"), load_meta(processed),
-            settings.train.model_copy(update=recipe))
-
-
-def test_same_seed_gives_identical_results_on_cpu(processed, project):
-    inputs = core_inputs(processed, project, epochs=2, threads=2)
-    first = trainer.train(*inputs)
-    second = trainer.train(*inputs)
-    assert first.history == [
-        type(s)(**{**s.__dict__, "seconds": f.seconds, "images_per_s": f.images_per_s})
-        for s, f in zip(second.history, first.history, strict=True)]
-    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
-                    strict=True):
-        assert torch.equal(a, b)
-
-
-def test_learns_and_finds_the_best_epoch(processed, project):
-    result = trainer.train(*core_inputs(processed, project, epochs=4, lr=0.02))
-    accuracies = [s.val_accuracy for s in result.history]
-    assert result.best_epoch == accuracies.index(max(accuracies)) + 1
-    assert max(accuracies) > 0.5  # ten classes: chance is 0.1
-
-
-@pytest.mark.parametrize(("keep", "kept_epoch"), [("last", 3), ("best", 2)])
-def test_model_holds_the_weights_of_the_kept_epoch(processed, project, monkeypatch, keep,
-                                                   kept_epoch):
-    # validation scores that peak before the last epoch, as validation noise often makes them
-    scores = iter([0.5, 0.9, 0.7])
-
-    def scripted(model, split, batch_size):
-        return engine.Scores(loss=1.0, accuracy=next(scores), predictions=split.labels)
-
-    monkeypatch.setattr(engine, "score", scripted)
-    train_split, val_split, _, recipe = core_inputs(processed, project, epochs=3, keep=keep)
-    states = {}
-    result = engine.fit(trainer.architecture(recipe, load_meta(processed)).build(), train_split,
-                        val_split, recipe, device=torch.device("cpu"),
-                        on_checkpoint=lambda state: states.update(
-                            {state["epoch"]: copy.deepcopy(state["model"])}))
-    assert (result.best_epoch, result.kept_epoch) == (2, kept_epoch)
-    assert result.kept.val_accuracy == [0.5, 0.9, 0.7][kept_epoch - 1]
-    for name, value in result.model.state_dict().items():
-        assert torch.equal(value, states[kept_epoch][name]), name
-
-
-def test_nan_loss_stops_training(processed, project):
-    with pytest.raises(DivergedError, match=r"lower train\.lr"):
-        # an absurd rate (past what params.yaml allows) overflows the weights within steps
-        trainer.train(*core_inputs(processed, project, model="mlp", lr=1e30, optimizer="sgd",
-                                 scheduler="none"))
-
-
-@pytest.mark.parametrize("recipe", [
-    {"optimizer": "sgd", "scheduler": "cosine", "augment": "crop_flip"},
-    {"optimizer": "adam", "scheduler": "none", "label_smoothing": 0.1, "augment": "crop"},
-    {"model": "mlp", "augment": "flip", "tta": "flip"},
-])
-def test_recipes_run(processed, project, recipe):
-    result = trainer.train(*core_inputs(processed, project, epochs=1, **recipe))
-    assert len(result.history) == 1
 
 
 def test_stage_outputs_and_mlflow_run(processed, project, client):
@@ -208,29 +139,6 @@ def test_killed_training_resumes_to_the_same_result(processed, project, set_para
     assert resumed_history == history_without_timing(project)
     weights = torch.load(project / "models/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
-
-
-def test_checkpoint_of_other_settings_is_not_resumed(processed, project):
-    checkpoint = project / "checkpoints/train.pt"
-    save_training_state(checkpoint, "another-recipe", {"epoch": 1})
-    result = trainer.train(*core_inputs(processed, project), checkpoint=checkpoint)
-    assert [s.epoch for s in result.history] == [1, 2]
-    assert not checkpoint.exists()
-
-
-def test_malicious_training_state_is_never_unpickled(processed, project, tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    checkpoint = project / "checkpoints/train.pt"
-    checkpoint.parent.mkdir()
-    checkpoint.write_bytes(pickle.dumps({"key": Exploit()}))
-    result = trainer.train(*core_inputs(processed, project), checkpoint=checkpoint)
-    assert [s.epoch for s in result.history] == [1, 2]  # trained from scratch
-    assert not marker.exists()
 
 
 @pytest.mark.slow

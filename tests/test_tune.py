@@ -189,20 +189,6 @@ def test_raising_n_trials_resumes_the_study(tune_params, project, client):
     assert len(load_study(project).trials) == 4
 
 
-def test_settings_that_do_not_shape_trial_results_keep_the_study():
-    def study_of(**overrides):
-        settings = parse_settings(repo_params(**overrides))
-        return studies.study_name(settings)
-
-    default = study_of()
-    assert study_of(**{"train.threads": 1, "train.eval_batch_size": 64, "train.epochs": 3,
-                       "train.tta": "none", "train.keep": "best", "tune.n_trials": 9,
-                       "tune.workers": 2}) == default
-    for changed in ({"train.weight_decay": 0.1}, {"train.augment": "none"},
-                    {"tune.epochs": 3}, {"data.val_fraction": 0.2}):
-        assert study_of(**changed) != default, changed
-
-
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_at_next_start(tune_params, project, client):
     # a fixed study name lets the rerun use shorter trials on the same study

@@ -15,6 +15,7 @@ import tarfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -165,10 +166,10 @@ def sample_grid(split: Split, classes: list[str], per_class: int = SAMPLES_PER_C
     return figure
 
 
-def read_manifest(raw_dir: Path, dataset: str) -> dict:
+def read_manifest(raw_dir: Path, dataset: str) -> dict[str, Any]:
     """The download stage's manifest, checked to describe ``dataset``."""
     try:
-        manifest = json.loads((raw_dir / "manifest.json").read_text())
+        manifest: dict[str, Any] = json.loads((raw_dir / "manifest.json").read_text())
         found = manifest["dataset"]
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"{raw_dir}: no download manifest; run the download stage first "

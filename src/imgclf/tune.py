@@ -128,7 +128,7 @@ def _run_worker_process(job: Job) -> None:
     run_worker(job)
 
 
-def run_workers(jobs: list[Job]) -> list[int]:
+def run_workers(jobs: list[Job]) -> list[int | None]:
     """Run one job in this process, or each in its own process; return their exit codes."""
     if len(jobs) == 1:
         run_worker(jobs[0])
@@ -185,7 +185,9 @@ def log_plots(run: StageRun, study: optuna.Study) -> None:
             # e.g. importances need two finished trials with different values
             log.info("skipped %s: %s", name, exc)
             continue
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure(root=True)
+        if figure is None:
+            continue
         figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
         run.log_figure(figure, name)
         plt.close(figure)
@@ -236,10 +238,10 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
         raise UserError(f"no tuning trial completed ({counts['pruned']} pruned, "
                         f"{counts['fail']} failed); see the failed trial runs under MLflow run "
                         f"{run.run_id} for the reasons")
-    best = study.best_trial
-    summary = {"val": {"best_accuracy": best.value}, "best_trial": best.number,
+    best, value = study.best_trial, study.best_value
+    summary = {"val": {"best_accuracy": value}, "best_trial": best.number,
                "trials": counts, "study": name}
-    run.log_metrics({OBJECTIVE: best.value, "best_trial": best.number,
+    run.log_metrics({OBJECTIVE: value, "best_trial": best.number,
                      **{f"trials/{state}": n for state, n in counts.items()}})
     run.log_params({f"best/{key}": value for key, value in best.params.items()})
     log_plots(run, study)

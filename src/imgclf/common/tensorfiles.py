@@ -27,11 +27,16 @@ def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     Anything else (a pickle carrying code, a truncated or foreign file) is refused.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise UserError(
-            f"{path}: refused: not a weights-only tensor file ({one_line(exc)}). "
-            "Delete it and rerun the stage that writes it (dvc repro)."
-        ) from None
+        raise _refused(path, one_line(exc)) from None
+    if not isinstance(data, dict):
+        raise _refused(path, f"it holds a {type(data).__name__}, not a dict")
+    return data
+
+
+def _refused(path: str | Path, reason: str) -> UserError:
+    return UserError(f"{path}: refused: not a weights-only tensor file ({reason}). "
+                     "Delete it and rerun the stage that writes it (dvc repro).")

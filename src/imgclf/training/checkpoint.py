@@ -7,8 +7,10 @@ and a file carrying code is refused instead of executed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -37,13 +39,14 @@ class Architecture:
                            self.mean, self.std, self.tta)
 
 
-def save_model(path: Path, model: nn.Module, arch: Architecture, info: dict[str, str]) -> None:
+def save_model(path: Path, model: nn.Module, arch: Architecture, info: Mapping[str, Any]
+               ) -> None:
     """Atomically write ``model``'s weights, its architecture and provenance ``info``."""
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     save_tensors(path, {"state_dict": state, "arch": asdict(arch), "info": dict(info)})
 
 
-def load_model(path: Path) -> tuple[nn.Module, Architecture, dict[str, str]]:
+def load_model(path: Path) -> tuple[nn.Module, Architecture, dict[str, Any]]:
     """Rebuild the network saved by :func:`save_model`, in eval mode, on the CPU."""
     data = load_tensors(path)
     try:

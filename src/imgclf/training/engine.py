@@ -122,8 +122,9 @@ def set_determinism(seed: int, threads: int, device: torch.device) -> None:
     if deterministic_kernels(device):
         torch.use_deterministic_algorithms(True, warn_only=True)
         # it also fills every new tensor with NaN to expose reads of unset memory; that
-        # costs time and changes no result
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # costs time and changes no result (the flag lives on a module subclass torch installs
+        # at import, which type checkers cannot see)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
 
 def make_optimizer(model: nn.Module, recipe: TrainSettings) -> torch.optim.Optimizer:
@@ -207,7 +208,7 @@ def start(model: nn.Module, recipe: TrainSettings, device: torch.device, train_s
           ) -> Training:
     """The state before the first epoch: the model on ``device``, fresh optimizer, schedule
     and seeded generators."""
-    model.to(device=device, memory_format=torch.channels_last)  # matches the batches' layout
+    model.to(device).to(memory_format=torch.channels_last)  # matches the batches' layout
     rank, world = distributed()
     # every process shuffles identically (their shards must tile each batch); augmentation
     # draws differ per process

@@ -18,6 +18,9 @@ from imgclf.common.settings import ModelName
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -100,9 +103,11 @@ class FlipAveraging(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores: torch.Tensor = self.net(x)
         if self.training:
-            return self.net(x)
-        return (self.net(x) + self.net(x.flip(-1))) / 2
+            return scores
+        mirrored: torch.Tensor = self.net(x.flip(-1))
+        return (scores + mirrored) / 2
 
 
 # the builder of each name train.model accepts (settings.ModelName lists them)

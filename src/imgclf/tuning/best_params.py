@@ -42,7 +42,7 @@ class BestParams:
 
 def write(path: str | Path, best: BestParams, source: str) -> None:
     """Atomically write ``best``, with a comment saying where the values came from."""
-    yaml = YAML(typ="safe", pure=True)
+    yaml = YAML(typ="rt")  # keeps the keys in the order given: train first
     yaml.default_flow_style = False
     out = io.StringIO()
     yaml.dump({"train": {"lr": best.lr, "batch_size": best.batch_size},

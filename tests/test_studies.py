@@ -1,0 +1,103 @@
+"""The Optuna study: its name, storage, sampler and pruner from the params, resuming, and
+trials left running by a dead worker."""
+
+from __future__ import annotations
+
+import subprocess
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from imgclf.common.processes import process_id
+from imgclf.common.settings import parse_settings
+from imgclf.tuning import studies
+
+from .conftest import repo_params
+
+
+def tune_settings(**overrides):
+    return parse_settings(repo_params(**overrides)).tune
+
+
+def test_settings_that_do_not_shape_trial_results_keep_the_study():
+    def study_of(**overrides):
+        settings = parse_settings(repo_params(**overrides))
+        return studies.study_name(settings)
+
+    default = study_of()
+    assert study_of(**{"train.threads": 1, "train.eval_batch_size": 64, "train.epochs": 3,
+                       "train.tta": "none", "train.keep": "best", "tune.n_trials": 9,
+                       "tune.workers": 2}) == default
+    for changed in ({"train.weight_decay": 0.1}, {"train.augment": "none"},
+                    {"tune.epochs": 3}, {"data.val_fraction": 0.2}):
+        assert study_of(**changed) != default, changed
+
+
+def test_a_named_study_keeps_its_name():
+    assert studies.study_name(parse_settings(repo_params(**{"tune.study": "mine"}))) == "mine"
+
+
+@pytest.mark.parametrize(("pruner", "kind"), [("median", optuna.pruners.MedianPruner),
+                                              ("hyperband", optuna.pruners.HyperbandPruner),
+                                              ("none", optuna.pruners.NopPruner)])
+def test_pruner_comes_from_the_params(pruner, kind):
+    cfg = tune_settings(**{"tune.pruner": pruner, "tune.epochs": 5})
+    made = studies.make_pruner(cfg)
+    assert type(made) is kind
+    if pruner == "hyperband":
+        assert made._max_resource == 5  # a trial's budget is tune.epochs
+
+
+def test_sampler_comes_from_the_params_and_each_worker_draws_its_own_trials():
+    cfg = tune_settings(**{"tune.sampler_seed": 3, "tune.startup_trials": 5})
+
+    def proposals(worker: int) -> list[float]:
+        study = optuna.create_study(sampler=studies.make_sampler(cfg, worker))
+        return [study.ask().suggest_float("lr", 1e-3, 1e-1, log=True) for _ in range(3)]
+
+    sampler = studies.make_sampler(cfg)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 5
+    assert proposals(0) == proposals(0)  # seeded: the same search every time
+    assert proposals(0) != proposals(1)
+
+
+def test_storage_is_a_journal_in_the_project_or_the_database_given(tmp_path):
+    default = tune_settings()
+    assert studies.storage_url(default, tmp_path, "s") == str(tmp_path / "optuna" / "s.journal")
+    own = tune_settings(**{"tune.storage": "studies/all.journal"})
+    assert studies.storage_url(own, tmp_path, "s") == str(tmp_path / "studies/all.journal")
+    url = "postgresql://user@db.example/optuna"
+    assert studies.storage_url(tune_settings(**{"tune.storage": url}), tmp_path, "s") == url
+
+
+def test_an_opened_study_resumes_with_its_trials(tmp_path):
+    cfg = tune_settings()
+    storage = str(tmp_path / "optuna" / "s.journal")
+    study = studies.open_study(cfg, storage, "s")
+    study.optimize(lambda trial: trial.suggest_float("lr", 0.001, 0.1), n_trials=2)
+    again = studies.open_study(cfg, storage, "s")
+    assert again.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 2
+    assert studies.count_states(again) == {"complete": 2, "pruned": 0, "fail": 0, "running": 0}
+
+
+def test_only_trials_of_dead_workers_are_failed(tmp_path):
+    study = studies.open_study(tune_settings(), str(tmp_path / "s.journal"), "s")
+    dead = subprocess.Popen(["sleep", "60"])
+    dead_worker = process_id(psutil.Process(dead.pid))
+    dead.kill()
+    dead.wait()
+    for worker in (dead_worker, process_id(), "another-host:1:1"):
+        study.ask().set_user_attr(studies.WORKER_ATTR, worker)
+    study.ask()  # a trial whose worker is unknown
+
+    failed = studies.fail_orphaned_trials(study)
+
+    assert [t.number for t in failed] == [0]
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.RUNNING] * 3
+    assert "died while the trial was running" in study.trials[0].user_attrs[studies.FAIL_ATTR]
+    assert studies.count_states(study) == {"complete": 0, "pruned": 0, "fail": 1, "running": 3}
+    assert studies.fail_orphaned_trials(study) == []  # nothing left to fail
