@@ -1,5 +1,10 @@
 """The training engine: one loop shared by the train stage and every tuning trial.
 
+:func:`fit` runs named steps: :func:`start` (optimizer, schedule, seeded generators),
+:func:`restore` (continue from a :func:`snapshot`), :func:`run_epoch` (:func:`train_epoch`,
+then :func:`score` on the validation split) and :func:`keep` (the epoch whose weights the
+model ends with).
+
 It knows nothing about MLflow, Optuna or files; callers observe progress through the
 ``on_epoch`` callback, which may raise to stop training (Optuna's pruning does).
 """
