@@ -24,7 +24,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from imgclf.common.errors import Terminated
-from imgclf.common.processes import process_id
+from imgclf.common.processes import process_id, start_time
 from imgclf.common.settings import Settings
 from imgclf.tracking.orphans import close_orphaned_runs, error_tag
 from imgclf.tracking.provenance import PROCESS_TAG, dvc_lock_hashes, dvc_process, run_tags
@@ -130,7 +130,7 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
     proc = dvc_process()
     if proc is None:
         return None
-    key = f"{proc.pid}-{int(proc.create_time() * 1000)}"
+    key = f"{proc.pid}-{start_time(proc)}"
     found = client.search_runs([experiment_id], f"tags.pipeline_key = '{key}'", max_results=1)
     if found:
         run_id = str(found[0].info.run_id)
