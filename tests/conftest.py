@@ -216,7 +216,7 @@ def processed(project: Path, set_params: Callable[..., Path], tiny_mirror: Path)
 
 DOWNLOAD_ARGS = ["--out", "data/raw", "--metrics", "reports/download_metrics.json"]
 PREPROCESS_ARGS = ["--raw", "data/raw", "--out", "data/processed",
-                   "--metrics", "reports/preprocess_metrics.json"]
+                   "--metrics", "reports/preprocess_metrics.json", "--audit", "reports/audit.json"]
 TRAIN_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
               "--metrics", "reports/train_metrics.json", "--plots", "reports/train_history.csv"]
 EVALUATE_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
@@ -271,3 +271,36 @@ def make_repo(root: Path, **overrides) -> Path:
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")
     return root
+
+
+# --- folders of image files ------------------------------------------------------------------
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 50, 210)}
+
+
+def photo(colour: tuple[int, int, int], size: tuple[int, int], seed: int):
+    """A noisy RGB picture of one dominant colour, ``size`` = (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 40, (size[1], size[0], 3))
+    pixels = np.clip(np.array(colour)[None, None] + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def write_image_folder(root: Path, per_class: int = 12, split: str | None = None,
+                       sizes: tuple[tuple[int, int], ...] = ((40, 30), (32, 32), (50, 40)),
+                       seed: int = 0) -> dict[str, list[Path]]:
+    """Class folders of JPEGs and PNGs of mixed sizes, one dominant colour per class."""
+    written: dict[str, list[Path]] = {}
+    for c, (name, colour) in enumerate(COLOURS.items()):
+        folder = root / (split or "") / name
+        (folder / "more").mkdir(parents=True, exist_ok=True)  # a nested subfolder
+        for i in range(per_class):
+            image = photo(colour, sizes[i % len(sizes)], seed * 1000 + c * 100 + i)
+            path = folder / ("more" if i % 4 == 0 else "") / (
+                f"{name}{i}.jpg" if i % 2 else f"{name}{i}.png")
+            image.save(path, quality=95)
+            written.setdefault(name, []).append(path)
+    return written

@@ -153,3 +153,9 @@ def test_a_file_that_is_not_a_split_is_refused(tmp_path, split):
         load_split(tmp_path, "train")
     with pytest.raises(UserError, match=r"meta\.json: unreadable"):
         load_meta(tmp_path)
+
+
+def test_a_last_batch_too_small_to_train_on_is_left_out(split):
+    sizes = [len(y) for _, y in batches(split, 34, min_batch=2)]  # 103 = 3 x 34 + 1
+    assert sizes == [34, 34, 34]
+    assert [len(y) for _, y in batches(split, 34)][-1] == 1  # scoring keeps every image

@@ -149,3 +149,24 @@ def test_model_holds_the_weights_of_the_kept_epoch(monkeypatch, keep, kept_epoch
     assert result.kept.val_accuracy == [0.5, 0.9, 0.7][kept_epoch - 1]
     for name, value in result.model.state_dict().items():
         assert torch.equal(value, states[kept_epoch][name]), name
+
+
+def test_small_training_splits_get_smaller_batches_for_enough_steps():
+    assert engine.batch_size_for(128, 54000) == 128  # the built-in datasets: unchanged
+    assert engine.batch_size_for(128, 300) == 30
+    assert engine.batch_size_for(128, 40) == engine.MIN_BATCH
+    assert engine.batch_size_for(8, 40) == 8
+
+
+def test_a_split_that_leaves_one_image_over_still_trains():
+    # 161 = 10 x 16 + 1; on 8x8 images the last block's map is 1x1, and batch norm cannot
+    # train on a single value per channel
+    cfg = recipe(model="cnn", batch_size=16, epochs=1, augment="none")
+    generator = torch.Generator().manual_seed(0)
+    train, val = (Split(torch.randint(0, 255, (n, 1, 8, 8), dtype=torch.uint8,
+                                      generator=generator), torch.arange(n) % 10)
+                  for n in (161, 20))
+    engine.set_determinism(0, 1, torch.device("cpu"))
+    model = build_model("cnn", (1, 8, 8), 10, 4, [0.5], [0.3])
+    result = engine.fit(model, train, val, cfg, device=torch.device("cpu"))
+    assert len(result.history) == 1

@@ -55,3 +55,20 @@ def test_flip_averaging_applies_at_inference_only():
     a = model(x)
     torch.manual_seed(0)
     assert torch.equal(a, plain(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 28, 28), (3, 48, 64), (1, 8, 8),
+                                   (3, 32, 32)])
+def test_cnn_takes_any_size_and_channel_count(shape):
+    model = build_model("cnn", shape, 5, 4, [0.5] * shape[0], [0.25] * shape[0])
+    assert model(torch.rand(2, *shape)).shape == (2, 5)
+
+
+def test_cnn_head_reads_the_28x28_map_unchanged():
+    # the adaptive pooling before the head is the identity on 28x28 images' 3x3 maps
+    model = build_model("cnn", (1, 28, 28), 10, 4, [0.5], [0.25]).eval()
+    blocks, pool = model[1][:12], model[1][12]
+    x = torch.rand(3, 1, 28, 28)
+    features = blocks(model[0](x))
+    assert features.shape[2:] == (3, 3)
+    assert torch.equal(pool(features), features)

@@ -8,6 +8,7 @@ import torch
 
 from imgclf import preprocess
 from imgclf.common.cli import run_stage
+from imgclf.common.settings import parse_settings
 from imgclf.data.datasets import DATASETS, DataError
 from imgclf.data.splits import Split, channel_stats, load_meta, load_split
 from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
@@ -17,6 +18,7 @@ from .conftest import (
     PREPROCESS_ARGS,
     idx_bytes,
     learnable_images,
+    repo_params,
     runs_of,
     write_cifar_archive,
 )
@@ -74,7 +76,8 @@ def test_limits_take_stratified_subsets(processed, set_params, project):
 def test_raw_folder_of_another_dataset_is_refused(processed, set_params, project, capsys):
     set_params(data__dataset="mnist")
     assert run_stage(preprocess.main, ["--raw", "data/raw", "--out", "data/out2",
-                                       "--metrics", "reports/p.json"]) == 2
+                                       "--metrics", "reports/p.json",
+                                       "--audit", "reports/a.json"]) == 2
     assert "holds fashion-mnist but data.dataset is mnist" in capsys.readouterr().err
     assert not (project / "data/out2").exists()
 
@@ -82,10 +85,8 @@ def test_raw_folder_of_another_dataset_is_refused(processed, set_params, project
 def test_cifar10_binary_archive(tmp_path):
     raw = tmp_path / "raw"
     write_cifar_archive(raw / "cifar-10-binary.tar.gz", per_batch=20, n_test=40)
-    from imgclf.common.settings import DataSettings
-
-    cfg = DataSettings(dataset="cifar10", val_fraction=0.2, seed=0, train_limit=None,
-                       test_limit=None)
+    cfg = parse_settings(repo_params(**{"data.dataset": "cifar10", "data.val_fraction": 0.2,
+                                        "train.model": "cifar_cnn"})).data
     splits, meta = preprocess.preprocess(raw, DATASETS["cifar10"], cfg)
     assert splits["train"].images.shape == (80, 3, 32, 32)
     assert len(meta.mean) == 3 and len(meta.std) == 3

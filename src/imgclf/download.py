@@ -1,4 +1,5 @@
-"""Stage 1: get the dataset's published files, verified by checksum.
+"""Stage 1: get the dataset's published files, verified by checksum; or, for a folder
+dataset, list and hash the folder's images (extracting an archive first).
 
 Sources are tried in order: the local mirror folders from ``download.mirrors``, then the
 upstream URLs. A file is accepted only once its checksum matches; a file that fails is never
@@ -10,7 +11,9 @@ kept and the next source is tried.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -20,12 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imgclf.common.cli import run_process, stage_parser
-from imgclf.common.files import write_json
-from imgclf.common.settings import load_settings
+from imgclf.common.files import project_root, write_json
+from imgclf.common.settings import Settings, load_settings
+from imgclf.data import folders
 from imgclf.data.datasets import DATASETS, DataError, DataFile, DatasetSpec, data_version, verify
 from imgclf.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
+HASH_CACHE = "data/.cache"  # the content hashes of a folder dataset's files, by folder
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,28 @@ def _no_source_message(spec: DatasetSpec, failures: list[tuple[str, list[str]]],
     return "\n".join(lines)
 
 
+def ingest_folder(args: argparse.Namespace, settings: Settings) -> int:
+    """A folder dataset: list and hash its images (extracting an archive first)."""
+    source = Path(settings.data.path).expanduser()
+    key = hashlib.sha1(str(source.resolve()).encode(), usedforsecurity=False).hexdigest()
+    cache = project_root() / HASH_CACHE / f"{key[:16]}.json"
+    found = folders.ingest(source, args.out, cache)
+    with stage_run("download", settings, data_version=found["data_version"]) as run:
+        found["lineage"] = run.lineage
+        write_json(args.out / "manifest.json", found)
+        files, classes = found["files"], found["classes"]
+        total = sum(f["size"] for f in files)
+        write_json(args.metrics, {"files": len(files), "bytes": total, "classes": len(classes),
+                                  "mlflow_run_id": run.run_id})
+        run.log_params({"dataset": "folder", "source": str(source), "files": len(files),
+                        "classes": len(classes)})
+        run.log_metrics({"files": len(files), "bytes": total, "classes": len(classes)})
+        run.log_dict(found, "manifest.json")
+        print(f"{source}: {len(files)} image files in {len(classes)} classes "
+              f"(data version {found['data_version']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for the verified files")
@@ -140,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)
+    if settings.data.dataset == "folder":
+        return ingest_folder(args, settings)
     spec = DATASETS[settings.data.dataset]
     mirrors = mirror_dirs(settings.download.mirrors, spec.name)
     version = data_version(spec)

@@ -9,6 +9,7 @@ from the training split only, so nothing about validation or test leaks into tra
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import tarfile
@@ -23,11 +24,17 @@ from matplotlib.figure import Figure
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import write_json
 from imgclf.common.settings import DataSettings, load_settings
+from imgclf.data import folder
 from imgclf.data.datasets import DATASETS, DataError, DatasetSpec
+from imgclf.data.folders import ImageFile
 from imgclf.data.splits import Meta, Split, channel_stats, save_splits, stratified_split
 from imgclf.tracking.runs import stage_run
 
 SAMPLES_PER_CLASS = 8
+GALLERY_GROUPS = 6
+GALLERY_SKIPPED = 20
+AUDIT_COUNTS = ("files", "images", "skipped", "duplicates", "leaked", "removed",
+                "imbalance_ratio")
 
 
 _IDX_UBYTE = 0x08
@@ -180,32 +187,100 @@ def read_manifest(raw_dir: Path, dataset: str) -> dict[str, Any]:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
+def preprocess_folder(manifest: dict[str, Any], cfg: DataSettings
+                      ) -> tuple[dict[str, Split], Meta, dict[str, Any], Figure]:
+    """Decode a folder dataset listed in ``manifest``: splits, metadata, audit and a gallery
+    of the skipped and duplicate files."""
+    files = [ImageFile(**entry) for entry in manifest["files"]]
+    source = manifest.get("source", manifest["root"])
+    data = folder.load(Path(manifest["root"]), files, cfg, source)
+    splits, audit = folder.splits(data, cfg, source)
+    mean, std = channel_stats(splits["train"].images)
+    meta = Meta(dataset="folder", classes=data.classes, image_shape=list(data.images.shape[1:]),
+                mean=mean, std=std,
+                counts={name: split.class_counts(len(data.classes))
+                        for name, split in splits.items()})
+    return splits, meta, audit, audit_gallery(data, audit)
+
+
+def builtin_audit(splits: dict[str, Split], meta: Meta) -> dict[str, Any]:
+    """The audit of a published dataset: its checksums already vouch for every file."""
+    totals = [sum(counts[c] for counts in meta.counts.values())
+              for c in range(len(meta.classes))]
+    return {"images": sum(len(split) for split in splits.values()), "skipped": 0,
+            "image_size": meta.image_shape[1:], "channels": meta.image_shape[0],
+            "classes": dict(zip(meta.classes, totals, strict=True)),
+            "split_sizes": {name: len(split) for name, split in splits.items()},
+            "imbalance_ratio": max(totals) / max(min(totals), 1)}
+
+
+def audit_gallery(data: folder.FolderData, audit: dict[str, Any]) -> Figure:
+    """Thumbnails of duplicate images, two per group, and the skipped files with why."""
+    by_path = {file.path: i for i, file in enumerate(data.files)}
+    groups = [paths[:2] for paths in audit["duplicate_files"][:GALLERY_GROUPS]]
+    skipped = audit["skipped_files"][:GALLERY_SKIPPED]
+    rows = max(1, len(groups))
+    figure = Figure(figsize=(9, 1.4 * rows + 0.25 * len(skipped) + 0.6))
+    grid = figure.add_gridspec(rows + 1, 3, height_ratios=[*([1.4] * rows),
+                                                           0.25 * len(skipped) + 0.4])
+    for row, paths in enumerate(groups):
+        for col, path in enumerate(paths):
+            ax = figure.add_subplot(grid[row, col])
+            image = data.images[by_path[path]].permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_title(path, fontsize=6)
+            ax.axis("off")
+    text = figure.add_subplot(grid[rows, :])
+    text.axis("off")
+    lines = [f"skipped {entry['path']}: {entry['reason'][:90]}" for entry in skipped]
+    title = f"{audit['duplicates']} duplicate(s), {audit['leaked']} leaked into test, " \
+            f"{audit['skipped']} skipped"
+    text.text(0, 1, "\n".join([title, *lines]), fontsize=7, va="top", family="monospace")
+    return figure
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = stage_parser(__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="folder from the download stage")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splits")
     parser.add_argument("--metrics", type=Path, required=True, help="output DVC metrics file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--audit", type=Path, required=True,
+                        help="output audit (DVC metrics file): skipped files, duplicates, leaks")
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = load_settings(args.params)
-    spec = DATASETS[settings.data.dataset]
-    manifest = read_manifest(args.raw, spec.name)
+    manifest = read_manifest(args.raw, settings.data.dataset)
     with stage_run("preprocess", settings, upstream=manifest.get("lineage"),
                    data_version=manifest.get("data_version"), deps=[args.raw]) as run:
-        splits, meta = preprocess(args.raw, spec, settings.data)
+        gallery = None
+        if settings.data.dataset == "folder":
+            splits, meta, audit, gallery = preprocess_folder(manifest, settings.data)
+        else:
+            splits, meta = preprocess(args.raw, DATASETS[settings.data.dataset], settings.data)
+            audit = builtin_audit(splits, meta)
         meta = replace(meta, data_version=manifest.get("data_version", ""),
                        lineage=run.lineage)
         save_splits(args.out, splits, meta)
-        write_json(args.metrics, {**{f"{name}_size": len(split)
-                                     for name, split in splits.items()},
-                                  "mlflow_run_id": run.run_id})
-        run.log_params({"mean": meta.mean, "std": meta.std,
-                        **{f"{name}_size": len(split) for name, split in splits.items()}})
+        write_json(args.audit, audit)
+        counts = {key: audit[key] for key in AUDIT_COUNTS if key in audit}
+        sizes = {f"{name}_size": len(split) for name, split in splits.items()}
+        write_json(args.metrics, {**sizes, **counts, "mlflow_run_id": run.run_id})
+        run.log_params({"mean": meta.mean, "std": meta.std, **sizes,
+                        "image_shape": meta.image_shape, "classes": len(meta.classes)})
+        run.log_metrics({f"audit/{key}": value for key, value in counts.items()})
         run.log_dict({name: dict(zip(meta.classes, counts, strict=True))
                       for name, counts in meta.counts.items()}, "class_counts.json")
+        run.log_dict(audit, "audit.json")
         run.log_figure(sample_grid(splits["train"], meta.classes), "samples.png")
-        sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-        print(f"{spec.name}: {sizes}; mean {meta.mean}, std {meta.std}")
+        if gallery is not None:
+            run.log_figure(gallery, "audit.png")
+        print(f"{meta.dataset}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}; "
+              f"mean {meta.mean}, std {meta.std}"
+              + (f"; {audit['skipped']} skipped, {audit.get('leaked', 0)} leaked"
+                 if gallery is not None else ""))
     return 0
 
 

@@ -28,7 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from imgclf.common.errors import UserError
 
-Dataset = Literal["fashion-mnist", "mnist", "cifar10"]
+Dataset = Literal["fashion-mnist", "mnist", "cifar10", "folder"]
 ModelName = Literal["mlp", "cnn", "cifar_cnn"]
 
 
@@ -47,13 +47,36 @@ class _Section(BaseModel):
 
 
 class DataSettings(_Section):
-    """Which dataset to use and how to split it (download, preprocess)."""
+    """Which dataset to use and how to split it (download, preprocess).
+
+    ``path``, ``test_fraction``, ``image_size``, ``resize``, ``channels`` and ``dedupe``
+    shape a ``folder`` dataset; the built-in datasets keep their published form.
+    """
 
     dataset: Dataset
+    path: str = Field(min_length=1)
     val_fraction: Finite = Field(gt=0, lt=1)
+    test_fraction: Finite = Field(gt=0, lt=1)
     seed: int
     train_limit: int | None = Field(ge=10)
     test_limit: int | None = Field(ge=10)
+    image_size: tuple[int, int] | None
+    resize: Literal["squash", "crop", "pad"]
+    channels: Literal["auto", 1, 3]
+    dedupe: bool
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = tuple(value)
+        if value is not None and (
+                not isinstance(value, tuple) or len(value) != 2
+                or any(not isinstance(v, int) or isinstance(v, bool) or not 8 <= v <= 1024
+                       for v in value)):
+            raise ValueError("must be [height, width] in pixels, each 8 to 1024, or null "
+                             "(the size most images have, at most 64x64)")
+        return value
 
 
 class DownloadSettings(_Section):
@@ -199,16 +222,14 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _model_fits_dataset(self) -> Settings:
-        colour = self.data.dataset == "cifar10"
-        if colour and self.train.model == "cnn":
-            raise ValueError(
-                "train.model: 'cnn' is built for 28x28 grey images; use 'cifar_cnn' or 'mlp' "
-                "for cifar10"
-            )
-        if not colour and self.train.model == "cifar_cnn":
+        data = self.data
+        colour_32 = data.dataset == "cifar10" or (
+            data.dataset == "folder" and data.image_size == (32, 32) and data.channels == 3)
+        if not colour_32 and self.train.model == "cifar_cnn":
             raise ValueError(
                 f"train.model: 'cifar_cnn' is built for 32x32 colour images; use 'cnn' or "
-                f"'mlp' for {self.data.dataset}"
+                f"'mlp' for {data.dataset} (or, for a folder, set data.image_size: [32, 32] "
+                "and data.channels: 3)"
             )
         if (self.tune.workers > 1 and self.tune.storage
                 and self.tune.storage.startswith("sqlite")):

@@ -41,13 +41,15 @@ def batches(
     augment: str = "none",
     augment_generator: torch.Generator | None = None,
     shard: tuple[int, int] = (0, 1),
+    min_batch: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(float images in [0, 1], labels)`` batches; shuffled when given a generator.
 
     Images come channels-last (NHWC in memory, NCHW in shape): oneDNN's and cuDNN's
     convolutions run markedly faster on that layout. With ``shard=(rank, world)`` each of
     ``world`` processes gets its own share of every batch of ``batch_size`` (data-parallel
-    training); all processes must pass generators in the same state.
+    training); all processes must pass generators in the same state. A last batch of fewer
+    than ``min_batch`` images is left out.
     """
     n = len(split)
     rank, world = shard
@@ -57,6 +59,8 @@ def batches(
         order = torch.randperm(n, generator=generator).to(split.labels.device)
     augment_generator = augment_generator or generator
     for start in range(0, n, batch_size):
+        if n - start < min_batch:  # a last batch too small to train on (batch norm needs 2)
+            break
         index = order[start:start + batch_size][rank::world]
         x = split.images[index].float().div_(255)
         if augment_generator is not None and augment in ("crop", "crop_flip"):

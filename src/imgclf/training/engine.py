@@ -35,6 +35,8 @@ from imgclf.data.splits import Split
 from imgclf.training.distributed import all_reduce, distributed
 
 log = logging.getLogger(__name__)
+MIN_STEPS = 10  # optimizer steps an epoch, at the least, on small training splits
+MIN_BATCH = 16
 
 
 class DivergedError(FloatingPointError):
@@ -200,6 +202,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     generator: torch.Generator
     augment_generator: torch.Generator
+    batch_size: int
     steps_per_epoch: int
     result: FitResult
     best_state: dict[str, torch.Tensor] | None = None
@@ -224,10 +227,17 @@ def start(model: nn.Module, recipe: TrainSettings, device: torch.device, train_s
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, recipe)
-    steps_per_epoch = math.ceil(train_size / recipe.batch_size)
+    batch_size = batch_size_for(recipe.batch_size, train_size)
+    steps_per_epoch = math.ceil(train_size / batch_size)
     scheduler = make_scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
     return Training(model, net, optimizer, scheduler, generator, augment_generator,
-                    steps_per_epoch, FitResult(model))
+                    batch_size, steps_per_epoch, FitResult(model))
+
+
+def batch_size_for(batch_size: int, train_size: int) -> int:
+    """``batch_size``, made smaller for a training split too small for ``MIN_STEPS`` steps
+    an epoch (a folder of a few hundred images), but never below ``MIN_BATCH``."""
+    return min(batch_size, max(MIN_BATCH, math.ceil(train_size / MIN_STEPS)))
 
 
 def snapshot(training: Training, epoch: int) -> dict[str, Any]:
@@ -275,9 +285,9 @@ def train_epoch(training: Training, train: Split, recipe: TrainSettings, epoch: 
     training.model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    loader = batches(train, recipe.batch_size, generator=training.generator,
+    loader = batches(train, training.batch_size, generator=training.generator,
                      augment=recipe.augment, augment_generator=training.augment_generator,
-                     shard=(rank, world))
+                     shard=(rank, world), min_batch=2 * world)
     bar = tqdm(loader, total=training.steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
                unit="batch", disable=not sys.stderr.isatty() or rank > 0, leave=False,
                file=sys.stderr)

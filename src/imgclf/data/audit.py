@@ -1,0 +1,144 @@
+"""Decoding a folder dataset in parallel, and auditing it on the way.
+
+A bad file among many good ones never stops the work: it is skipped and listed with its
+reason. The audit also counts classes, original sizes and modes, and finds exact duplicates
+by their decoded pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from imgclf.data.folders import ImageFile
+from imgclf.data.images import GREY_MODES, BadImage, decode, resize, to_array
+
+log = logging.getLogger(__name__)
+MAX_AUTO_SIDE = 64
+CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image file's header says, read without decoding the pixels."""
+
+    size: tuple[int, int]  # (height, width), upright
+    mode: str
+
+
+def read_header(path: Path) -> Header | None:
+    """The upright size and the mode of ``path``, or ``None`` when it cannot be opened."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(0x0112, 1)
+                if orientation in (5, 6, 7, 8):  # rotated a quarter turn
+                    width, height = height, width
+                return Header((height, width), image.mode)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
+def auto_size(headers: Iterable[Header | None]) -> tuple[int, int]:
+    """The most common size, scaled down to fit 64x64 when larger."""
+    sizes = Counter(header.size for header in headers if header is not None)
+    if not sizes:
+        return (MAX_AUTO_SIDE, MAX_AUTO_SIDE)
+    height, width = sizes.most_common(1)[0][0]
+    scale = min(1.0, MAX_AUTO_SIDE / max(height, width))
+    return (max(8, round(height * scale)), max(8, round(width * scale)))
+
+
+def auto_channels(headers: Iterable[Header | None]) -> int:
+    """1 when every readable image is grey, else 3."""
+    modes = {header.mode for header in headers if header is not None}
+    return 1 if modes and modes <= GREY_MODES else 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One file decoded, or why it was not."""
+
+    index: int
+    pixels: np.ndarray | None = None
+    pixel_hash: str = ""
+    error: str = ""
+
+
+def _decode_one(job: tuple[int, Path, tuple[int, int], str, int]) -> Outcome:
+    index, path, size, how, channels = job
+    try:
+        decoded = decode(path)
+    except BadImage as exc:
+        return Outcome(index, error=str(exc))
+    except Exception as exc:  # a decoder's own bug must not stop the other files
+        return Outcome(index, error=f"cannot decode: {type(exc).__name__}: {exc}")
+    pixels = to_array(resize(decoded.image, size, how), channels)
+    return Outcome(index, pixels, decoded.pixel_hash())
+
+
+@dataclass
+class DecodedFiles:
+    """The images that decoded, aligned with their files, and the files that did not."""
+
+    images: np.ndarray  # N x C x H x W, uint8
+    files: list[ImageFile]
+    hashes: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def decode_all(root: Path, files: list[ImageFile], size: tuple[int, int], how: str,
+               channels: int, workers: int | None = None) -> DecodedFiles:
+    """Decode, orient, convert and resize every file on all cores; skip the bad ones."""
+    workers = workers or os.cpu_count() or 1
+    jobs = [(i, root / f.path, size, how, channels) for i, f in enumerate(files)]
+    out = np.zeros((len(files), channels, *size), dtype=np.uint8)
+    outcomes: list[Outcome] = []
+    step = max(1, len(jobs) // 10)
+    bar = tqdm(total=len(jobs), desc="decoding", unit="image", file=sys.stderr,
+               disable=not sys.stderr.isatty(), leave=False)
+    with _pool(workers) as pool:
+        for done, outcome in enumerate(_map(pool, jobs), start=1):
+            if outcome.pixels is not None:
+                out[outcome.index] = outcome.pixels
+            outcomes.append(outcome)
+            bar.update()
+            if bar.disable and (done % step == 0 or done == len(jobs)):
+                log.info("decoded %d of %d images", done, len(jobs))
+    bar.close()
+    kept = [o.index for o in sorted(outcomes, key=lambda o: o.index) if o.pixels is not None]
+    by_index = {o.index: o for o in outcomes}
+    return DecodedFiles(out[kept], [files[i] for i in kept], [by_index[i].pixel_hash for i in kept],
+                   [{"path": files[o.index].path, "reason": o.error}
+                    for o in sorted(outcomes, key=lambda o: o.index) if o.pixels is None])
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork: the workers run Pillow and NumPy only, and start without re-importing torch
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def _map(pool: ProcessPoolExecutor, jobs: list[tuple[int, Path, tuple[int, int], str, int]]
+         ) -> Iterable[Outcome]:
+    if len(jobs) < 2 * CHUNK:  # a handful of files: not worth the processes
+        return map(_decode_one, jobs)
+    return pool.map(_decode_one, jobs, chunksize=CHUNK)
+
+
+def headers(root: Path, files: list[ImageFile]) -> list[Header | None]:
+    return [read_header(root / f.path) for f in files]
+

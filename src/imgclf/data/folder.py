@@ -1,0 +1,162 @@
+"""A folder dataset, from the first stage's manifest to the train, validation and test
+splits and their audit.
+
+The test split is the folder's ``test/`` when it has one, else a seeded, stratified share
+(``data.test_fraction``); validation comes from the training images as for every dataset. A
+test image whose exact pixels also appear on the training side is leakage: with
+``data.dedupe`` those training copies are dropped. Everything found goes in the audit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclf.common.errors import UserError
+from imgclf.common.settings import DataSettings
+from imgclf.data.audit import DecodedFiles, auto_channels, auto_size, decode_all, headers
+from imgclf.data.folders import ImageFile
+from imgclf.data.splits import Split, stratified_split
+
+MAX_LISTED = 1000  # entries per list in the audit
+
+
+class FolderDataError(UserError):
+    """The folder's images cannot make a dataset."""
+
+
+@dataclass
+class FolderData:
+    """The decoded images with what the audit found."""
+
+    classes: list[str]
+    split: list[str | None]
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[ImageFile]
+    hashes: list[str]
+    audit: dict[str, Any]
+
+
+def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
+         workers: int | None = None) -> FolderData:
+    """Decode every file of the manifest at the size and channels asked (or found).
+
+    Raises:
+        FolderDataError: no file could be read, or a class has no readable image.
+    """
+    found = headers(root, files) if cfg.image_size is None or cfg.channels == "auto" else []
+    size = cfg.image_size or auto_size(found)
+    channels = auto_channels(found) if cfg.channels == "auto" else cfg.channels
+    decoded = decode_all(root, files, size, cfg.resize, channels, workers)
+    classes = sorted({f.label for f in files})
+    _check_readable(source, classes, files, decoded)
+    index = {name: i for i, name in enumerate(classes)}
+    audit = {
+        "files": len(files), "images": len(decoded.files), "skipped": len(decoded.skipped),
+        "image_size": list(size), "channels": channels, "resize": cfg.resize,
+        "original_sizes": dict(Counter(f"{h.size[1]}x{h.size[0]}" for h in found if h)
+                               .most_common(20)),
+        "original_modes": dict(Counter(h.mode for h in found if h)),
+        "skipped_files": decoded.skipped[:MAX_LISTED],
+    }
+    return FolderData(classes, [f.split for f in decoded.files],
+                      torch.from_numpy(decoded.images),
+                      torch.tensor([index[f.label] for f in decoded.files]),
+                      decoded.files, decoded.hashes, audit)
+
+
+def _check_readable(source: str, classes: list[str], files: list[ImageFile],
+                    decoded: DecodedFiles) -> None:
+    if not decoded.files:
+        reasons = Counter(s["reason"].split(":")[0] for s in decoded.skipped).most_common(3)
+        raise FolderDataError(
+            f"{source}: none of the {len(files)} image files could be read "
+            f"({'; '.join(f'{n} {why}' for why, n in reasons)}); check that they are images")
+    readable = {f.label for f in decoded.files}
+    if missing := [name for name in classes if name not in readable]:
+        raise FolderDataError(f"{source}: class(es) {', '.join(missing)} have no readable "
+                              "image; add images or remove the class folder(s)")
+
+
+def splits(data: FolderData, cfg: DataSettings, source: str
+           ) -> tuple[dict[str, Split], dict[str, Any]]:
+    """Train, validation and test splits, leakage removed per ``data.dedupe``; the audit."""
+    everything = Split(data.images, data.labels)
+    test_index, train_index = _test_split(data, cfg, source)
+    leaks = _leaks(data, train_index, test_index)
+    leaked_train = {i for leak in leaks for i in leak["train_index"]}
+    if cfg.dedupe:
+        train_index = [i for i in train_index if i not in leaked_train]
+    train_index, test_index = (_limit(data, train_index, cfg.train_limit, cfg.seed),
+                               _limit(data, test_index, cfg.test_limit, cfg.seed))
+    full_train = everything.take(torch.tensor(train_index, dtype=torch.long))
+    val_local, train_local = _stratified(full_train.labels, cfg.val_fraction, cfg.seed, source,
+                                         "data.val_fraction")
+    result = {"train": full_train.take(train_local), "val": full_train.take(val_local),
+              "test": everything.take(torch.tensor(test_index, dtype=torch.long))}
+    audit = {**data.audit, **_class_audit(data.classes, result),
+             **_duplicates(data), "leaked": len(leaks),
+             "removed": len(leaked_train) if cfg.dedupe else 0,
+             "leaks": [{"test": data.files[leak["test"]].path,
+                        "train": [data.files[i].path for i in leak["train_index"]]}
+                       for leak in leaks][:MAX_LISTED]}
+    return result, audit
+
+
+def _stratified(labels: torch.Tensor, first: float | int, seed: int, source: str, key: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return stratified_split(labels, first, seed)
+    except UserError as exc:
+        raise FolderDataError(f"{source}: too few images for the splits asked ({exc}); add "
+                              f"images to the small classes or change {key}") from None
+
+
+def _test_split(data: FolderData, cfg: DataSettings, source: str
+                ) -> tuple[list[int], list[int]]:
+    if any(split is not None for split in data.split):
+        test = [i for i, split in enumerate(data.split) if split == "test"]
+        train = [i for i, split in enumerate(data.split) if split == "train"]
+        return test, train
+    test_t, train_t = _stratified(data.labels, cfg.test_fraction, cfg.seed, source,
+                                  "data.test_fraction")
+    return test_t.tolist(), train_t.tolist()
+
+
+def _limit(data: FolderData, index: list[int], limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= len(index):
+        return index
+    chosen, _ = stratified_split(data.labels[index], limit, seed)
+    return [index[i] for i in chosen.tolist()]
+
+
+def _leaks(data: FolderData, train: list[int], test: list[int]) -> list[dict[str, Any]]:
+    """Each test image with the training-side images that hold exactly its pixels."""
+    on_train: dict[str, list[int]] = defaultdict(list)
+    for i in train:
+        on_train[data.hashes[i]].append(i)
+    return [{"test": i, "train_index": on_train[data.hashes[i]]}
+            for i in test if data.hashes[i] in on_train]
+
+
+def _duplicates(data: FolderData) -> dict[str, Any]:
+    """How many images repeat another's exact pixels (anywhere in the folder), and which."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for file, pixel_hash in zip(data.files, data.hashes, strict=True):
+        groups[pixel_hash].append(file.path)
+    repeated = [paths for paths in groups.values() if len(paths) > 1]
+    return {"duplicates": sum(len(paths) - 1 for paths in repeated),
+            "duplicate_files": repeated[:MAX_LISTED]}
+
+
+def _class_audit(classes: list[str], result: dict[str, Split]) -> dict[str, Any]:
+    counts = {name: result[name].class_counts(len(classes)) for name in result}
+    totals = [sum(counts[name][c] for name in counts) for c in range(len(classes))]
+    return {"classes": dict(zip(classes, totals, strict=True)),
+            "split_sizes": {name: len(split) for name, split in result.items()},
+            "imbalance_ratio": max(totals) / max(min(totals), 1)}
