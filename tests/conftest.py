@@ -261,6 +261,7 @@ def make_repo(root: Path, **overrides) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "data" / "images", root / "data" / "images")  # data.path's default
     write_yaml(root / "params.yaml", repo_params(**{
         "data.train_limit": 2000, "data.test_limit": 500, "train.epochs": 2,
         "train.width": 8, "train.threads": 2, "tune.n_trials": 2, "tune.epochs": 1,

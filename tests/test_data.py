@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from imgclf.common.errors import UserError
-from imgclf.common.tensorfiles import save_tensors
 from imgclf.data.batches import batches, random_crop, random_flip
 from imgclf.data.splits import (
     Meta,
@@ -148,8 +148,15 @@ def test_splits_and_meta_round_trip(tmp_path, split):
 
 
 def test_a_file_that_is_not_a_split_is_refused(tmp_path, split):
-    save_tensors(tmp_path / "train.pt", {"images": split.images.float(), "labels": split.labels})
+    np.save(tmp_path / "train-images.npy", split.images.float().numpy())
+    np.save(tmp_path / "train-labels.npy", split.labels.numpy())
     with pytest.raises(UserError, match="not a preprocessed split; rerun preprocess"):
+        load_split(tmp_path, "train")
+    np.save(tmp_path / "train-images.npy", np.array([object()]), allow_pickle=True)
+    with pytest.raises(UserError, match="not an array the preprocess stage writes"):
+        load_split(tmp_path, "train")  # a pickled array is never loaded
+    (tmp_path / "train-images.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(UserError, match="not an array the preprocess stage writes"):
         load_split(tmp_path, "train")
     with pytest.raises(UserError, match=r"meta\.json: unreadable"):
         load_meta(tmp_path)
@@ -159,3 +166,21 @@ def test_a_last_batch_too_small_to_train_on_is_left_out(split):
     sizes = [len(y) for _, y in batches(split, 34, min_batch=2)]  # 103 = 3 x 34 + 1
     assert sizes == [34, 34, 34]
     assert [len(y) for _, y in batches(split, 34)][-1] == 1  # scoring keeps every image
+
+
+def test_loaded_splits_are_memory_mapped_and_released_while_batching(tmp_path, split,
+                                                                   monkeypatch):
+    from imgclf.data import batches as batches_module
+
+    meta = Meta("x", [str(i) for i in range(10)], [1, 28, 28], [0.2], [0.3], {}, "", {})
+    save_splits(tmp_path, {"train": split}, meta)
+    loaded = load_split(tmp_path, "train")
+    assert loaded.mapped is not None
+    released = []
+    monkeypatch.setattr(loaded.mapped, "release", lambda: released.append(1))
+    monkeypatch.setattr(batches_module, "RELEASE_EVERY", 2)
+    got = torch.cat([y for _, y in batches(loaded, 10, generator=torch.Generator())])
+    assert sorted(got.tolist()) == sorted(split.labels.tolist())
+    assert len(released) == 5  # 11 batches: after every second one
+    assert loaded.to("cpu").mapped is loaded.mapped
+    assert loaded.take(torch.arange(3)).mapped is None  # a copy in memory

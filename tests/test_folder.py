@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from imgclf.common.settings import parse_settings
@@ -21,9 +22,13 @@ def cfg(**changes):
 
 
 def build(root, **changes):
+    """The decoded folder, each split's labels (by name), and the audit."""
     settings = cfg(**changes)
     data = folder.load(root, scan(root), settings, str(root), workers=1)
-    return data, *folder.splits(data, settings, str(root))
+    found = folder.splits(data, settings, str(root))
+    labels = {name: found.labels[rows] for name, rows in found.rows.items()}
+    assert all((found.labels[rows] >= 0).all() for rows in found.rows.values())
+    return data, labels, found.audit
 
 
 def test_a_folder_becomes_stratified_splits_at_the_common_size(tmp_path):
@@ -32,7 +37,7 @@ def test_a_folder_becomes_stratified_splits_at_the_common_size(tmp_path):
     assert data.classes == ["blue", "green", "red"]
     assert data.images.shape[1:] == (3, 30, 40)  # 40x30 is the most common; RGB
     assert {name: len(s) for name, s in splits.items()} == {"train": 36, "val": 12, "test": 12}
-    assert splits["test"].class_counts(3) == [4, 4, 4]
+    assert np.bincount(splits["test"]).tolist() == [4, 4, 4]
     assert audit["classes"] == {"blue": 20, "green": 20, "red": 20}
     assert audit["imbalance_ratio"] == 1.0
     assert audit["original_sizes"] == {"40x30": 14 * 3, "50x40": 6 * 3}
@@ -42,9 +47,9 @@ def test_a_folder_becomes_stratified_splits_at_the_common_size(tmp_path):
 def test_given_train_and_test_folders_are_kept(tmp_path):
     write_image_folder(tmp_path / "p", per_class=8, split="train")
     write_image_folder(tmp_path / "p", per_class=3, split="test", seed=1)
-    _, splits, _ = build(tmp_path / "p", image_size=[16, 16], resize="crop")
+    data, splits, _ = build(tmp_path / "p", image_size=[16, 16], resize="crop")
     assert len(splits["test"]) == 9 and len(splits["train"]) + len(splits["val"]) == 24
-    assert splits["train"].images.shape[2:] == (16, 16)
+    assert data.images.shape[2:] == (16, 16)
 
 
 def test_bad_files_are_skipped_and_listed_with_their_reason(tmp_path):

@@ -48,6 +48,9 @@ def test_a_folder_trains_and_evaluates_with_its_audit(photos, project, set_param
     assert audit["removed"] == 1
     meta = load_meta(project / "data/processed")
     assert meta.classes == ["blue", "green", "red"] and meta.image_shape == [3, 16, 16]
+    assert sorted(p.name for p in (project / "data/processed").iterdir()) == [
+        "meta.json", *(f"{s}-{k}.npy" for s in ("test", "train", "val")
+                       for k in ("images", "labels"))]  # the decoding scratch file is gone
     assert meta.data_version == manifest["data_version"]
     metrics = json.loads((project / "reports/preprocess_metrics.json").read_text())
     assert (metrics["skipped"], metrics["leaked"], metrics["test_size"]) == (1, 1, 24)

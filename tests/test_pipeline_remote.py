@@ -51,5 +51,5 @@ def test_concurrent_repro_is_refused_then_a_pulled_clone_needs_no_retraining(tmp
     assert "Data and pipelines are up to date" in dvc(clone, "status").stdout
     assert "Data and pipelines are up to date" in dvc(clone, "repro").stdout
     assert not (clone / "mlruns").exists()  # no stage ran
-    for path in ("models/model.pt", "data/processed/train.pt", "reports/metrics.json"):
+    for path in ("models/model.pt", "data/processed/train-images.npy", "reports/metrics.json"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes()

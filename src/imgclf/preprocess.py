@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -27,8 +28,17 @@ from imgclf.common.settings import DataSettings, load_settings
 from imgclf.data import folder
 from imgclf.data.datasets import DATASETS, DataError, DatasetSpec
 from imgclf.data.folders import ImageFile
-from imgclf.data.splits import Meta, Split, channel_stats, save_splits, stratified_split
-from imgclf.tracking.runs import stage_run
+from imgclf.data.splits import (
+    Meta,
+    Split,
+    channel_stats,
+    chunked_channel_stats,
+    save_indexed_splits,
+    save_meta,
+    save_splits,
+    stratified_split,
+)
+from imgclf.tracking.runs import StageRun, stage_run
 
 SAMPLES_PER_CLASS = 8
 GALLERY_GROUPS = 6
@@ -187,20 +197,40 @@ def read_manifest(raw_dir: Path, dataset: str) -> dict[str, Any]:
     return manifest
 
 
-def preprocess_folder(manifest: dict[str, Any], cfg: DataSettings
-                      ) -> tuple[dict[str, Split], Meta, dict[str, Any], Figure]:
-    """Decode a folder dataset listed in ``manifest``: splits, metadata, audit and a gallery
-    of the skipped and duplicate files."""
+def preprocess_folder(manifest: dict[str, Any], cfg: DataSettings, out_dir: Path
+                      ) -> tuple[Meta, dict[str, Any], dict[str, Split], Figure]:
+    """Decode a folder dataset listed in ``manifest`` and write its splits to ``out_dir``.
+
+    The images are decoded into a memory-mapped file beside the splits and copied from it a
+    chunk at a time, so the folder need not fit in memory. Returns the metadata, the
+    audit, a few images of each split (for the sample grid) and the audit's gallery.
+    """
     files = [ImageFile(**entry) for entry in manifest["files"]]
     source = manifest.get("source", manifest["root"])
-    data = folder.load(Path(manifest["root"]), files, cfg, source)
-    splits, audit = folder.splits(data, cfg, source)
-    mean, std = channel_stats(splits["train"].images)
-    meta = Meta(dataset="folder", classes=data.classes, image_shape=list(data.images.shape[1:]),
-                mean=mean, std=std,
-                counts={name: split.class_counts(len(data.classes))
-                        for name, split in splits.items()})
-    return splits, meta, audit, audit_gallery(data, audit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir / ".decoded.npy"
+    try:
+        data = folder.load(Path(manifest["root"]), files, cfg, source, allocate=lambda shape:
+                           np.lib.format.open_memmap(scratch, "w+", np.uint8, shape))
+        found = folder.splits(data, cfg, source)
+        mean, std = chunked_channel_stats(data.images, found.rows["train"])
+        meta = Meta(dataset="folder", classes=data.classes,
+                    image_shape=list(data.images.shape[1:]), mean=mean, std=std,
+                    counts=found.counts(len(data.classes)))
+        save_indexed_splits(out_dir, data.images, found.labels, found.rows, meta)
+        samples = {name: _samples(data.images, found.labels, rows, len(data.classes))
+                   for name, rows in found.rows.items()}
+        return meta, found.audit, samples, audit_gallery(data, found.audit)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _samples(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, classes: int) -> Split:
+    """Up to :data:`SAMPLES_PER_CLASS` images of each class, copied into memory."""
+    picked = np.concatenate([rows[labels[rows] == c][:SAMPLES_PER_CLASS]
+                             for c in range(classes)])
+    picked.sort()
+    return Split(torch.from_numpy(images[picked].copy()), torch.from_numpy(labels[picked]))
 
 
 def builtin_audit(splits: dict[str, Split], meta: Meta) -> dict[str, Any]:
@@ -216,7 +246,7 @@ def builtin_audit(splits: dict[str, Split], meta: Meta) -> dict[str, Any]:
 
 def audit_gallery(data: folder.FolderData, audit: dict[str, Any]) -> Figure:
     """Thumbnails of duplicate images, two per group, and the skipped files with why."""
-    by_path = {file.path: i for i, file in enumerate(data.files)}
+    by_path = {file.path: int(row) for file, row in zip(data.files, data.rows, strict=True)}
     groups = [paths[:2] for paths in audit["duplicate_files"][:GALLERY_GROUPS]]
     skipped = audit["skipped_files"][:GALLERY_SKIPPED]
     rows = max(1, len(groups))
@@ -226,15 +256,16 @@ def audit_gallery(data: folder.FolderData, audit: dict[str, Any]) -> Figure:
     for row, paths in enumerate(groups):
         for col, path in enumerate(paths):
             ax = figure.add_subplot(grid[row, col])
-            image = data.images[by_path[path]].permute(1, 2, 0).squeeze(-1).numpy()
+            image = np.asarray(data.images[by_path[path]]).transpose(1, 2, 0)
+            image = image[..., 0] if image.shape[-1] == 1 else image
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
             ax.set_title(path, fontsize=6)
             ax.axis("off")
     text = figure.add_subplot(grid[rows, :])
     text.axis("off")
     lines = [f"skipped {entry['path']}: {entry['reason'][:90]}" for entry in skipped]
-    title = f"{audit['duplicates']} duplicate(s), {audit['leaked']} leaked into test, " \
-            f"{audit['skipped']} skipped"
+    title = (f"{audit['duplicates']} duplicate(s), {audit['leaked']} leaked into test, "
+             f"{audit['skipped']} skipped")
     text.text(0, 1, "\n".join([title, *lines]), fontsize=7, va="top", family="monospace")
     return figure
 
@@ -257,31 +288,41 @@ def main(argv: list[str] | None = None) -> int:
                    data_version=manifest.get("data_version"), deps=[args.raw]) as run:
         gallery = None
         if settings.data.dataset == "folder":
-            splits, meta, audit, gallery = preprocess_folder(manifest, settings.data)
+            meta, audit, splits, gallery = preprocess_folder(manifest, settings.data, args.out)
+            sizes = audit["split_sizes"]
         else:
             splits, meta = preprocess(args.raw, DATASETS[settings.data.dataset], settings.data)
             audit = builtin_audit(splits, meta)
+            sizes = {name: len(split) for name, split in splits.items()}
         meta = replace(meta, data_version=manifest.get("data_version", ""),
                        lineage=run.lineage)
-        save_splits(args.out, splits, meta)
+        save_meta(args.out, meta)
+        if gallery is None:
+            save_splits(args.out, splits, meta)
         write_json(args.audit, audit)
-        counts = {key: audit[key] for key in AUDIT_COUNTS if key in audit}
-        sizes = {f"{name}_size": len(split) for name, split in splits.items()}
-        write_json(args.metrics, {**sizes, **counts, "mlflow_run_id": run.run_id})
-        run.log_params({"mean": meta.mean, "std": meta.std, **sizes,
-                        "image_shape": meta.image_shape, "classes": len(meta.classes)})
-        run.log_metrics({f"audit/{key}": value for key, value in counts.items()})
-        run.log_dict({name: dict(zip(meta.classes, counts, strict=True))
-                      for name, counts in meta.counts.items()}, "class_counts.json")
-        run.log_dict(audit, "audit.json")
-        run.log_figure(sample_grid(splits["train"], meta.classes), "samples.png")
-        if gallery is not None:
-            run.log_figure(gallery, "audit.png")
-        print(f"{meta.dataset}: {', '.join(f'{n} {len(s)}' for n, s in splits.items())}; "
-              f"mean {meta.mean}, std {meta.std}"
-              + (f"; {audit['skipped']} skipped, {audit.get('leaked', 0)} leaked"
-                 if gallery is not None else ""))
+        log_outputs(run, args, meta, audit, sizes, splits["train"], gallery)
     return 0
+
+
+def log_outputs(run: StageRun, args: argparse.Namespace, meta: Meta, audit: dict[str, Any],
+                sizes: dict[str, int], train: Split, gallery: Figure | None) -> None:
+    """The metrics file, and the params, audit and figures on the MLflow run."""
+    counts = {key: audit[key] for key in AUDIT_COUNTS if key in audit}
+    sized = {f"{name}_size": size for name, size in sizes.items()}
+    write_json(args.metrics, {**sized, **counts, "mlflow_run_id": run.run_id})
+    run.log_params({"mean": meta.mean, "std": meta.std, **sized,
+                    "image_shape": meta.image_shape, "classes": len(meta.classes)})
+    run.log_metrics({f"audit/{key}": value for key, value in counts.items()})
+    run.log_dict({name: dict(zip(meta.classes, split_counts, strict=True))
+                  for name, split_counts in meta.counts.items()}, "class_counts.json")
+    run.log_dict(audit, "audit.json")
+    run.log_figure(sample_grid(train, meta.classes), "samples.png")
+    if gallery is not None:
+        run.log_figure(gallery, "audit.png")
+    print(f"{meta.dataset}: {', '.join(f'{n} {size}' for n, size in sizes.items())}; "
+          f"mean {meta.mean}, std {meta.std}"
+          + (f"; {audit['skipped']} skipped, {audit['leaked']} leaked"
+             if gallery is not None else ""))
 
 
 if __name__ == "__main__":

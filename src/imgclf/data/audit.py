@@ -93,21 +93,29 @@ def _decode_one(job: tuple[int, Path, tuple[int, int], str, int]) -> Outcome:
 
 @dataclass
 class DecodedFiles:
-    """The images that decoded, aligned with their files, and the files that did not."""
+    """Row ``i`` of ``images`` holds file ``i``; ``rows`` are those that decoded, aligned
+    with their ``files`` and pixel ``hashes``; ``skipped`` lists the others and why."""
 
     images: np.ndarray  # N x C x H x W, uint8
+    rows: np.ndarray
     files: list[ImageFile]
     hashes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def decode_all(root: Path, files: list[ImageFile], size: tuple[int, int], how: str,
-               channels: int, workers: int | None = None) -> DecodedFiles:
-    """Decode, orient, convert and resize every file on all cores; skip the bad ones."""
+               channels: int, workers: int | None = None, out: np.ndarray | None = None
+               ) -> DecodedFiles:
+    """Decode, orient, convert and resize every file on all cores; skip the bad ones.
+
+    ``out`` (``len(files) x channels x height x width`` uint8, e.g. a memory-mapped file)
+    receives the pixels; by default an array in memory.
+    """
     workers = workers or os.cpu_count() or 1
     jobs = [(i, root / f.path, size, how, channels) for i, f in enumerate(files)]
-    out = np.zeros((len(files), channels, *size), dtype=np.uint8)
-    outcomes: list[Outcome] = []
+    if out is None:
+        out = np.zeros((len(files), channels, *size), dtype=np.uint8)
+    results: dict[int, tuple[str, str]] = {}  # index -> (pixel hash, error); no pixels kept
     step = max(1, len(jobs) // 10)
     bar = tqdm(total=len(jobs), desc="decoding", unit="image", file=sys.stderr,
                disable=not sys.stderr.isatty(), leave=False)
@@ -115,16 +123,16 @@ def decode_all(root: Path, files: list[ImageFile], size: tuple[int, int], how: s
         for done, outcome in enumerate(_map(pool, jobs), start=1):
             if outcome.pixels is not None:
                 out[outcome.index] = outcome.pixels
-            outcomes.append(outcome)
+            results[outcome.index] = (outcome.pixel_hash, outcome.error)
             bar.update()
             if bar.disable and (done % step == 0 or done == len(jobs)):
                 log.info("decoded %d of %d images", done, len(jobs))
     bar.close()
-    kept = [o.index for o in sorted(outcomes, key=lambda o: o.index) if o.pixels is not None]
-    by_index = {o.index: o for o in outcomes}
-    return DecodedFiles(out[kept], [files[i] for i in kept], [by_index[i].pixel_hash for i in kept],
-                   [{"path": files[o.index].path, "reason": o.error}
-                    for o in sorted(outcomes, key=lambda o: o.index) if o.pixels is None])
+    kept = [i for i in sorted(results) if not results[i][1]]
+    return DecodedFiles(out, np.array(kept, dtype=np.int64), [files[i] for i in kept],
+                        [results[i][0] for i in kept],
+                        [{"path": files[i].path, "reason": results[i][1]}
+                         for i in sorted(results) if results[i][1]])
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from imgclf.data.splits import Split
 
+RELEASE_EVERY = 64  # batches between handing a memory-mapped split's pages back
+
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Pad each image by ``pad`` black pixels and cut a random window of the original size."""
@@ -58,9 +60,11 @@ def batches(
     else:
         order = torch.randperm(n, generator=generator).to(split.labels.device)
     augment_generator = augment_generator or generator
-    for start in range(0, n, batch_size):
+    for step, start in enumerate(range(0, n, batch_size)):
         if n - start < min_batch:  # a last batch too small to train on (batch norm needs 2)
             break
+        if step % RELEASE_EVERY == RELEASE_EVERY - 1:
+            split.release()  # a memory-mapped split: keep this process's memory flat
         index = order[start:start + batch_size][rank::world]
         x = split.images[index].float().div_(255)
         if augment_generator is not None and augment in ("crop", "crop_flip"):

@@ -5,24 +5,30 @@ The test split is the folder's ``test/`` when it has one, else a seeded, stratif
 (``data.test_fraction``); validation comes from the training images as for every dataset. A
 test image whose exact pixels also appear on the training side is leakage: with
 ``data.dedupe`` those training copies are dropped. Everything found goes in the audit.
+
+The decoded images live in one array (a memory-mapped file for large folders); the splits
+are lists of its rows, so nothing is copied until the splits are written.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from imgclf.common.errors import UserError
 from imgclf.common.settings import DataSettings
 from imgclf.data.audit import DecodedFiles, auto_channels, auto_size, decode_all, headers
 from imgclf.data.folders import ImageFile
-from imgclf.data.splits import Split, stratified_split
+from imgclf.data.splits import stratified_split
 
 MAX_LISTED = 1000  # entries per list in the audit
+Allocate = Callable[[tuple[int, ...]], np.ndarray]
 
 
 class FolderDataError(UserError):
@@ -31,20 +37,38 @@ class FolderDataError(UserError):
 
 @dataclass
 class FolderData:
-    """The decoded images with what the audit found."""
+    """The decoded images (``images[rows[i]]`` is ``files[i]``) and what the audit found."""
 
     classes: list[str]
-    split: list[str | None]
-    images: torch.Tensor
-    labels: torch.Tensor
+    images: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray  # per decoded file
     files: list[ImageFile]
     hashes: list[str]
     audit: dict[str, Any]
 
+    @property
+    def given_split(self) -> list[str | None]:
+        return [f.split for f in self.files]
+
+
+@dataclass
+class FolderSplits:
+    """Each split's rows of :attr:`FolderData.images`, and the label of every row."""
+
+    rows: dict[str, np.ndarray]
+    labels: np.ndarray  # by row of the images array; -1 for a file that did not decode
+    audit: dict[str, Any]
+
+    def counts(self, num_classes: int) -> dict[str, list[int]]:
+        return {name: np.bincount(self.labels[rows], minlength=num_classes).tolist()
+                for name, rows in self.rows.items()}
+
 
 def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
-         workers: int | None = None) -> FolderData:
-    """Decode every file of the manifest at the size and channels asked (or found).
+         workers: int | None = None, allocate: Allocate | None = None) -> FolderData:
+    """Decode every file of the manifest at the size and channels asked (or found);
+    ``allocate(shape)`` gives the array they go into (default: memory).
 
     Raises:
         FolderDataError: no file could be read, or a class has no readable image.
@@ -52,7 +76,9 @@ def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
     found = headers(root, files) if cfg.image_size is None or cfg.channels == "auto" else []
     size = cfg.image_size or auto_size(found)
     channels = auto_channels(found) if cfg.channels == "auto" else cfg.channels
-    decoded = decode_all(root, files, size, cfg.resize, channels, workers)
+    shape = (len(files), channels, *size)
+    out = allocate(shape) if allocate else np.zeros(shape, dtype=np.uint8)
+    decoded = decode_all(root, files, size, cfg.resize, channels, workers, out)
     classes = sorted({f.label for f in files})
     _check_readable(source, classes, files, decoded)
     index = {name: i for i, name in enumerate(classes)}
@@ -64,9 +90,8 @@ def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
         "original_modes": dict(Counter(h.mode for h in found if h)),
         "skipped_files": decoded.skipped[:MAX_LISTED],
     }
-    return FolderData(classes, [f.split for f in decoded.files],
-                      torch.from_numpy(decoded.images),
-                      torch.tensor([index[f.label] for f in decoded.files]),
+    return FolderData(classes, decoded.images, decoded.rows,
+                      np.array([index[f.label] for f in decoded.files], dtype=np.int64),
                       decoded.files, decoded.hashes, audit)
 
 
@@ -83,29 +108,33 @@ def _check_readable(source: str, classes: list[str], files: list[ImageFile],
                               "image; add images or remove the class folder(s)")
 
 
-def splits(data: FolderData, cfg: DataSettings, source: str
-           ) -> tuple[dict[str, Split], dict[str, Any]]:
-    """Train, validation and test splits, leakage removed per ``data.dedupe``; the audit."""
-    everything = Split(data.images, data.labels)
-    test_index, train_index = _test_split(data, cfg, source)
-    leaks = _leaks(data, train_index, test_index)
-    leaked_train = {i for leak in leaks for i in leak["train_index"]}
+def splits(data: FolderData, cfg: DataSettings, source: str) -> FolderSplits:
+    """Train, validation and test rows, leakage removed per ``data.dedupe``; the audit.
+
+    Positions below count the decoded files; rows count the images array.
+    """
+    test, train = _test_split(data, cfg, source)
+    leaks = _leaks(data, train, test)
+    leaked_train = {i for leak in leaks for i in leak["train"]}
     if cfg.dedupe:
-        train_index = [i for i in train_index if i not in leaked_train]
-    train_index, test_index = (_limit(data, train_index, cfg.train_limit, cfg.seed),
-                               _limit(data, test_index, cfg.test_limit, cfg.seed))
-    full_train = everything.take(torch.tensor(train_index, dtype=torch.long))
-    val_local, train_local = _stratified(full_train.labels, cfg.val_fraction, cfg.seed, source,
-                                         "data.val_fraction")
-    result = {"train": full_train.take(train_local), "val": full_train.take(val_local),
-              "test": everything.take(torch.tensor(test_index, dtype=torch.long))}
-    audit = {**data.audit, **_class_audit(data.classes, result),
-             **_duplicates(data), "leaked": len(leaks),
-             "removed": len(leaked_train) if cfg.dedupe else 0,
-             "leaks": [{"test": data.files[leak["test"]].path,
-                        "train": [data.files[i].path for i in leak["train_index"]]}
-                       for leak in leaks][:MAX_LISTED]}
-    return result, audit
+        train = [i for i in train if i not in leaked_train]
+    train = _limit(data, train, cfg.train_limit, cfg.seed)
+    test = _limit(data, test, cfg.test_limit, cfg.seed)
+    val_local, train_local = _stratified(torch.from_numpy(data.labels[train]),
+                                         cfg.val_fraction, cfg.seed, source, "data.val_fraction")
+    positions = {"train": np.array(train)[train_local.numpy()],
+                 "val": np.array(train)[val_local.numpy()], "test": np.array(test, dtype=int)}
+    labels = np.full(len(data.images), -1, dtype=np.int64)
+    labels[data.rows] = data.labels
+    result = FolderSplits({name: data.rows[pos] for name, pos in positions.items()}, labels,
+                          {})
+    result.audit = {**data.audit, **_class_audit(data.classes, result),
+                    **_duplicates(data), "leaked": len(leaks),
+                    "removed": len(leaked_train) if cfg.dedupe else 0,
+                    "leaks": [{"test": data.files[leak["test"]].path,
+                               "train": [data.files[i].path for i in leak["train"]]}
+                              for leak in leaks][:MAX_LISTED]}
+    return result
 
 
 def _stratified(labels: torch.Tensor, first: float | int, seed: int, source: str, key: str
@@ -119,20 +148,20 @@ def _stratified(labels: torch.Tensor, first: float | int, seed: int, source: str
 
 def _test_split(data: FolderData, cfg: DataSettings, source: str
                 ) -> tuple[list[int], list[int]]:
-    if any(split is not None for split in data.split):
-        test = [i for i, split in enumerate(data.split) if split == "test"]
-        train = [i for i, split in enumerate(data.split) if split == "train"]
-        return test, train
-    test_t, train_t = _stratified(data.labels, cfg.test_fraction, cfg.seed, source,
-                                  "data.test_fraction")
-    return test_t.tolist(), train_t.tolist()
+    given = data.given_split
+    if any(split is not None for split in given):
+        return ([i for i, split in enumerate(given) if split == "test"],
+                [i for i, split in enumerate(given) if split == "train"])
+    test, train = _stratified(torch.from_numpy(data.labels), cfg.test_fraction, cfg.seed,
+                              source, "data.test_fraction")
+    return test.tolist(), train.tolist()
 
 
-def _limit(data: FolderData, index: list[int], limit: int | None, seed: int) -> list[int]:
-    if limit is None or limit >= len(index):
-        return index
-    chosen, _ = stratified_split(data.labels[index], limit, seed)
-    return [index[i] for i in chosen.tolist()]
+def _limit(data: FolderData, positions: list[int], limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= len(positions):
+        return positions
+    chosen, _ = stratified_split(torch.from_numpy(data.labels[positions]), limit, seed)
+    return [positions[i] for i in chosen.tolist()]
 
 
 def _leaks(data: FolderData, train: list[int], test: list[int]) -> list[dict[str, Any]]:
@@ -140,7 +169,7 @@ def _leaks(data: FolderData, train: list[int], test: list[int]) -> list[dict[str
     on_train: dict[str, list[int]] = defaultdict(list)
     for i in train:
         on_train[data.hashes[i]].append(i)
-    return [{"test": i, "train_index": on_train[data.hashes[i]]}
+    return [{"test": i, "train": on_train[data.hashes[i]]}
             for i in test if data.hashes[i] in on_train]
 
 
@@ -154,9 +183,9 @@ def _duplicates(data: FolderData) -> dict[str, Any]:
             "duplicate_files": repeated[:MAX_LISTED]}
 
 
-def _class_audit(classes: list[str], result: dict[str, Split]) -> dict[str, Any]:
-    counts = {name: result[name].class_counts(len(classes)) for name in result}
+def _class_audit(classes: list[str], result: FolderSplits) -> dict[str, Any]:
+    counts = result.counts(len(classes))
     totals = [sum(counts[name][c] for name in counts) for c in range(len(classes))]
     return {"classes": dict(zip(classes, totals, strict=True)),
-            "split_sizes": {name: len(split) for name, split in result.items()},
+            "split_sizes": {name: len(rows) for name, rows in result.rows.items()},
             "imbalance_ratio": max(totals) / max(min(totals), 1)}

@@ -1,7 +1,9 @@
-"""The preprocessed splits: uint8 image tensors with their labels, and what is known of them.
+"""The preprocessed splits: uint8 images with their labels, and what is known of them.
 
-A split is one tensor of images (N x C x H x W, uint8) and one of labels, kept whole in
-memory; :mod:`imgclf.data.batches` slices batches from it.
+A split is one array of images (N x C x H x W, uint8) and one of labels. On disk they are
+``<split>-images.npy`` and ``<split>-labels.npy``; the images are memory-mapped when loaded
+(:mod:`imgclf.data.store`), so the dataset need not fit in memory, and
+:mod:`imgclf.data.batches` slices batches from them.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imgclf.common.errors import UserError
 from imgclf.common.files import write_json
-from imgclf.common.tensorfiles import load_tensors, save_tensors
+from imgclf.data.store import CHUNK, MappedArray, load_array, save_array, write_array
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    mapped: MappedArray | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,10 +37,16 @@ class Split:
         if device.type == "cuda" and self.images.device.type == "cpu":
             return Split(self.images.pin_memory().to(device, non_blocking=True),
                          self.labels.pin_memory().to(device, non_blocking=True))
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.mapped)
 
     def take(self, index: torch.Tensor) -> Split:
+        """The images at ``index``, copied into memory."""
         return Split(self.images[index], self.labels[index])
+
+    def release(self) -> None:
+        """Let go of the memory-mapped pages read so far (a no-op in memory)."""
+        if self.mapped is not None:
+            self.mapped.release()
 
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
@@ -82,21 +92,59 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
 
 
-def save_splits(folder: Path, splits: dict[str, Split], meta: Meta) -> None:
-    """Write ``{train,val,test}.pt`` (weights-only loadable) and ``meta.json``."""
-    for name, split in splits.items():
-        save_tensors(folder / f"{name}.pt", {"images": split.images, "labels": split.labels})
+def chunked_channel_stats(images: np.ndarray, index: np.ndarray
+                          ) -> tuple[list[float], list[float]]:
+    """:func:`channel_stats` of ``images[index]``, read a chunk at a time (exact sums)."""
+    channels = images.shape[1]
+    total = np.zeros(channels, dtype=np.int64)
+    squares = np.zeros(channels, dtype=np.int64)
+    for start in range(0, len(index), CHUNK):
+        chunk = images[np.sort(index[start:start + CHUNK])].astype(np.int64)
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk * chunk).sum(axis=(0, 2, 3))
+    n = max(len(index) * images.shape[2] * images.shape[3], 2)
+    mean = total / n
+    var = (squares - n * mean * mean) / (n - 1)
+    return (mean / 255).tolist(), (np.sqrt(np.maximum(var, 0)) / 255).tolist()
+
+
+def _paths(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}-images.npy", folder / f"{name}-labels.npy"
+
+
+def save_meta(folder: Path, meta: Meta) -> None:
     write_json(folder / "meta.json", asdict(meta))
 
 
+def save_splits(folder: Path, splits: dict[str, Split], meta: Meta) -> None:
+    """Write each split's images and labels as ``.npy`` arrays, and ``meta.json``."""
+    for name, split in splits.items():
+        images, labels = _paths(folder, name)
+        save_array(images, split.images.numpy())
+        save_array(labels, split.labels.numpy().astype(np.int64))
+    save_meta(folder, meta)
+
+
+def save_indexed_splits(folder: Path, images: np.ndarray, labels: np.ndarray,
+                        index: dict[str, np.ndarray], meta: Meta) -> None:
+    """Write the splits made of ``images[index[split]]``, copying a chunk at a time."""
+    for name, rows in index.items():
+        images_path, labels_path = _paths(folder, name)
+        write_array(images_path, (len(rows), *images.shape[1:]),
+                    (images[rows[i:i + CHUNK]] for i in range(0, len(rows), CHUNK)))
+        save_array(labels_path, labels[rows].astype(np.int64))
+    save_meta(folder, meta)
+
+
 def load_split(folder: Path, name: str) -> Split:
-    """Load one split written by :func:`save_splits`, checking its shape."""
-    data = load_tensors(folder / f"{name}.pt")
-    images, labels = data.get("images"), data.get("labels")
-    if (not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor)
-            or images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels)):
-        raise UserError(f"{folder / name}.pt: not a preprocessed split; rerun preprocess")
-    return Split(images, labels.long())
+    """Load one split written by :func:`save_splits`: its images memory-mapped."""
+    images_path, labels_path = _paths(folder, name)
+    mapped = MappedArray(images_path)
+    labels = load_array(labels_path)
+    if (mapped.array.dtype != np.uint8 or mapped.array.ndim != 4 or labels.ndim != 1
+            or labels.dtype.kind not in "iu" or len(labels) != len(mapped.array)):
+        raise UserError(f"{folder}/{name}-*.npy: not a preprocessed split; rerun preprocess")
+    return Split(torch.from_numpy(mapped.array), torch.from_numpy(labels).long(), mapped)
 
 
 def load_meta(folder: Path) -> Meta:

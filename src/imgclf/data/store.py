@@ -1,0 +1,94 @@
+"""The on-disk form of the preprocessed images: ``.npy`` arrays that training memory-maps.
+
+An array is written in chunks, so a dataset never has to fit in memory, and read back
+through a private (copy-on-write) mapping: pages come from the file as batches touch them.
+:meth:`MappedArray.release` hands the pages this process has touched back to the page
+cache, so a store larger than memory trains with flat memory. NumPy's ``.npy`` header is
+plain text; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.common.errors import UserError
+from imgclf.common.files import atomic_open
+
+CHUNK = 4096  # images written or read per step
+
+
+class StoreError(UserError):
+    """A stored array is missing or not what the preprocess stage writes."""
+
+
+def write_array(path: Path, shape: tuple[int, ...], chunks: Iterable[np.ndarray],
+                dtype: type = np.uint8) -> None:
+    """Atomically write a ``.npy`` of ``shape`` from ``chunks`` (consecutive rows)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape}
+    rows = 0
+    with atomic_open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for chunk in chunks:
+            handle.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            rows += len(chunk)
+        if rows != shape[0]:  # inside: the half-written file is never renamed into place
+            raise ValueError(f"{path}: wrote {rows} rows, expected {shape[0]}")
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Atomically write ``array`` as a ``.npy``."""
+    write_array(path, array.shape, (array[i:i + CHUNK] for i in range(0, len(array), CHUNK)),
+                array.dtype.type)
+
+
+class MappedArray:
+    """A ``.npy`` file mapped copy-on-write: a writable array whose pages are read lazily."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(handle)
+                offset = handle.tell()
+                size = os.fstat(handle.fileno()).st_size
+                if fortran or dtype.hasobject:
+                    raise ValueError("not a plain C-ordered array")
+                count = int(np.prod(shape))
+                if offset + count * dtype.itemsize > size:
+                    raise ValueError("the file is shorter than its header says")
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) \
+                    if count else None
+        except FileNotFoundError:
+            raise StoreError(f"{path}: not found; run the stage that writes it (dvc repro)"
+                             ) from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: not an array the preprocess stage writes ({exc}); "
+                             "rerun preprocess") from None
+        buffer = self._map if self._map is not None else b""
+        self.array = np.frombuffer(buffer, dtype, count, offset if count else 0).reshape(shape)
+
+    def release(self) -> None:
+        """Drop this process's copies of the pages read so far (they stay in the page cache)."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A small ``.npy`` read whole (labels)."""
+    try:
+        array: np.ndarray = np.load(path, allow_pickle=False)
+        return array
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not found; run the stage that writes it (dvc repro)"
+                         ) from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: not an array the preprocess stage writes ({exc}); "
+                         "rerun preprocess") from None
