@@ -349,7 +349,7 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-SECTIONS = ("pipeline", "timeline", "data_path", "tracking", "scaling", "pruning")
+SECTIONS = ("pipeline", "timeline", "data_path", "folders", "tracking", "scaling", "pruning")
 OPTIONAL = ("preset",)  # long: only with --only (make bench-long)
 
 
@@ -379,6 +379,7 @@ def main() -> None:
         "pipeline": lambda: bench_pipeline(project),
         "timeline": lambda: accuracy_over_time(project, results["pipeline"]["before_train_s"]),
         "data_path": lambda: bench_data_path(data_dir, raw_dir, 10000, repeats),
+        "folders": lambda: folders(workdir / "folders", repeats),
         "tracking": lambda: bench_tracking(data_dir, 2, repeats + 2),  # small effect: more pairs
         "scaling": lambda: bench_scaling(data_dir),
         "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
@@ -392,6 +393,13 @@ def main() -> None:
         write_json(out, results)  # keep what is done so far
     write_text(ROOT / "BENCHMARKS.md", report(results))
     print(f"wrote {out} and BENCHMARKS.md")
+
+
+def folders(workdir: Path, repeats: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from bench.folders import bench_folders
+
+    return bench_folders(workdir, repeats)
 
 
 def report(results: dict) -> str:

@@ -129,3 +129,11 @@ def test_arrays_are_channels_first_in_the_channels_asked():
 def test_grey_modes_are_known():
     assert {"L", "LA", "I;16", "1"} <= images.GREY_MODES
     assert "RGB" not in images.GREY_MODES
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_when_only_a_small_size_is_needed(tmp_path):
+    photo((200, 30, 30), (800, 600), 4).save(tmp_path / "big.jpg", quality=90)
+    assert decode(tmp_path / "big.jpg").image.size == (800, 600)
+    small = decode(tmp_path / "big.jpg", at_least=64).image
+    assert small.size == (100, 75)  # 1/8: the smallest scale still at least 64 on each side
+    assert min(resize(small, (64, 64), "crop").size) == 64

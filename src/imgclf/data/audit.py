@@ -82,7 +82,7 @@ class Outcome:
 def _decode_one(job: tuple[int, Path, tuple[int, int], str, int]) -> Outcome:
     index, path, size, how, channels = job
     try:
-        decoded = decode(path)
+        decoded = decode(path, at_least=max(size))
     except BadImage as exc:
         return Outcome(index, error=str(exc))
     except Exception as exc:  # a decoder's own bug must not stop the other files

@@ -66,8 +66,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
 
 
-def decode(path: Path) -> Decoded:
+def decode(path: Path, at_least: int | None = None) -> Decoded:
     """Open, orient and convert ``path``.
+
+    With ``at_least``, a JPEG is decoded straight at the smallest of its built-in scales
+    (1/2, 1/4, 1/8) that keeps both sides at least that long: a fraction of the work of
+    decoding it whole and shrinking it afterwards.
 
     Raises:
         BadImage: unreadable, truncated, not an image, or over the decompression-bomb limit.
@@ -78,6 +82,8 @@ def decode(path: Path) -> Decoded:
             with Image.open(path) as opened:
                 mode, size = opened.mode, opened.size
                 opened.seek(0)  # an animation's first frame
+                if at_least is not None and opened.format == "JPEG":
+                    opened.draft(opened.mode, (at_least, at_least))
                 upright = ImageOps.exif_transpose(opened)
                 upright.load()
                 return Decoded(_to_8bit(upright), mode, size)
