@@ -180,8 +180,8 @@ def big_store(store: Path, gib: float) -> Path:
 
 def bench_memory(workdir: Path, gib: float = 4.5) -> dict:
     """Peak RSS of the real train stage, one epoch over a store larger than 4 GB."""
-    store = big_store(workdir / "big-store", gib)
-    project = workdir / "rss-project"
+    store = big_store(workdir.resolve() / "big-store", gib)
+    project = workdir.resolve() / "rss-project"
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
     raw = read_yaml(ROOT / "params.yaml")

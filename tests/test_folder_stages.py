@@ -116,3 +116,33 @@ def test_dvc_repro_on_a_folder_reruns_only_for_real_changes(tmp_path, photos):
     dvc(repo, "repro")
     audit = json.loads((repo / "reports/audit.json").read_text())
     assert audit["files"] == 30 * 3 + 8 * 3 + 3 and audit["duplicates"] == 2
+
+
+def test_images_exported_to_png_folders_come_back_pixel_for_pixel(tmp_path, project,
+                                                                   set_params):
+    from PIL import Image
+
+    from imgclf.data.splits import load_split
+
+    from .conftest import learnable_images
+
+    images, labels = learnable_images(300, 10, (1, 28, 28), seed=5)  # Fashion-MNIST's form
+    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"]
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+        folder = tmp_path / "exported" / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}.png")
+    set_params(data__dataset="folder", data__path=str(tmp_path / "exported"))
+    assert run_stage(download.main, DOWNLOAD_ARGS) == 0
+    assert run_stage(preprocess.main, PREPROCESS_ARGS) == 0
+
+    meta = load_meta(project / "data/processed")
+    assert meta.image_shape == [1, 28, 28]  # grey at the images' own size: nothing resized
+    assert meta.classes == sorted(names)
+    original = {bytes(image.numpy()): names[label]
+                for image, label in zip(images, labels.tolist(), strict=True)}
+    for split in ("train", "val", "test"):
+        loaded = load_split(project / "data/processed", split)
+        for image, label in zip(loaded.images, loaded.labels.tolist(), strict=True):
+            assert original[bytes(image.numpy())] == meta.classes[label]
