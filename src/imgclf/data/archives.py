@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -138,30 +138,33 @@ def extract(archive: Path, target: Path) -> list[Member]:
         raise ArchiveError(f"{archive}: cannot read the archive: {one_line(exc)}") from None
 
 
+def _write_members(archive: Path, staging: Path, members: list[Member],
+                   open_member: Callable[[int], IO[bytes]]) -> list[Member]:
+    """Check the totals, then copy member ``i`` (opened by ``open_member(i)``) into place."""
+    _check_totals(archive, members)
+    for i, member in enumerate(members):
+        dest = staging.joinpath(*member.name.parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open_member(i) as source:
+            _copy_limited(source, dest, member.size, archive, str(member.name))
+    return members
+
+
 def _extract_zip(archive: Path, staging: Path) -> list[Member]:
     with zipfile.ZipFile(archive) as zf:
         entries = _zip_members(archive, zf)
-        members = [member for _, member in entries]
-        _check_totals(archive, members)
-        for info, member in entries:
-            dest = staging.joinpath(*member.name.parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source:
-                _copy_limited(source, dest, member.size, archive, info.filename)
-    return members
+        return _write_members(archive, staging, [member for _, member in entries],
+                              lambda i: zf.open(entries[i][0]))
 
 
 def _extract_tar(archive: Path, staging: Path) -> list[Member]:
     with tarfile.open(archive) as tf:
         entries = _tar_members(archive, tf)
-        members = [member for _, member in entries]
-        _check_totals(archive, members)
-        for info, member in entries:
-            dest = staging.joinpath(*member.name.parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            source = tf.extractfile(info)
+
+        def open_member(i: int) -> IO[bytes]:
+            source = tf.extractfile(entries[i][0])
             if source is None:
-                raise ArchiveError(f"{archive}: entry {info.name!r} cannot be read")
-            with source:
-                _copy_limited(source, dest, member.size, archive, info.name)
-    return members
+                raise ArchiveError(f"{archive}: entry {entries[i][0].name!r} cannot be read")
+            return source
+
+        return _write_members(archive, staging, [member for _, member in entries], open_member)

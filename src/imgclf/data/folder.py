@@ -126,15 +126,13 @@ def splits(data: FolderData, cfg: DataSettings, source: str) -> FolderSplits:
                  "val": np.array(train)[val_local.numpy()], "test": np.array(test, dtype=int)}
     labels = np.full(len(data.images), -1, dtype=np.int64)
     labels[data.rows] = data.labels
-    result = FolderSplits({name: data.rows[pos] for name, pos in positions.items()}, labels,
-                          {})
-    result.audit = {**data.audit, **_class_audit(data.classes, result),
-                    **_duplicates(data), "leaked": len(leaks),
-                    "removed": len(leaked_train) if cfg.dedupe else 0,
-                    "leaks": [{"test": data.files[leak["test"]].path,
-                               "train": [data.files[i].path for i in leak["train"]]}
-                              for leak in leaks][:MAX_LISTED]}
-    return result
+    rows = {name: data.rows[pos] for name, pos in positions.items()}
+    audit = {**data.audit, **_class_audit(data.classes, rows, labels), **_duplicates(data),
+             "leaked": len(leaks), "removed": len(leaked_train) if cfg.dedupe else 0,
+             "leaks": [{"test": data.files[leak["test"]].path,
+                        "train": [data.files[i].path for i in leak["train"]]}
+                       for leak in leaks][:MAX_LISTED]}
+    return FolderSplits(rows, labels, audit)
 
 
 def _stratified(labels: torch.Tensor, first: float | int, seed: int, source: str, key: str
@@ -183,9 +181,10 @@ def _duplicates(data: FolderData) -> dict[str, Any]:
             "duplicate_files": repeated[:MAX_LISTED]}
 
 
-def _class_audit(classes: list[str], result: FolderSplits) -> dict[str, Any]:
-    counts = result.counts(len(classes))
-    totals = [sum(counts[name][c] for name in counts) for c in range(len(classes))]
+def _class_audit(classes: list[str], rows: dict[str, np.ndarray], labels: np.ndarray
+                 ) -> dict[str, Any]:
+    totals = np.bincount(labels[np.concatenate(list(rows.values()))],
+                         minlength=len(classes)).tolist()
     return {"classes": dict(zip(classes, totals, strict=True)),
-            "split_sizes": {name: len(rows) for name, rows in result.rows.items()},
+            "split_sizes": {name: len(split_rows) for name, split_rows in rows.items()},
             "imbalance_ratio": max(totals) / max(min(totals), 1)}

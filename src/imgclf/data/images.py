@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageStat
 
+from imgclf.common.errors import one_line
+
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 RESIZE_MODES = ("squash", "crop", "pad")
 BACKGROUND = 255  # what transparent pixels become: white
@@ -90,8 +92,7 @@ def decode(path: Path, at_least: int | None = None) -> Decoded:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"too many pixels (Pillow's decompression-bomb limit): {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # what Pillow raises
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadImage(f"not a readable image: {text}") from None
+        raise BadImage(f"not a readable image: {one_line(exc)}") from None
 
 
 def resize(image: Image.Image, size: tuple[int, int], how: str) -> Image.Image:

@@ -9,9 +9,10 @@ plain text; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,31 +48,36 @@ def save_array(path: Path, array: np.ndarray) -> None:
                 array.dtype.type)
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a missing or malformed ``.npy`` into a :class:`StoreError` naming the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not found; run the stage that writes it (dvc repro)"
+                         ) from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: not an array the preprocess stage writes ({exc}); "
+                         "rerun preprocess") from None
+
+
 class MappedArray:
     """A ``.npy`` file mapped copy-on-write: a writable array whose pages are read lazily."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            with open(path, "rb") as handle:
-                version = np.lib.format.read_magic(handle)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(handle)
-                offset = handle.tell()
-                size = os.fstat(handle.fileno()).st_size
-                if fortran or dtype.hasobject:
-                    raise ValueError("not a plain C-ordered array")
-                count = int(np.prod(shape))
-                if offset + count * dtype.itemsize > size:
-                    raise ValueError("the file is shorter than its header says")
-                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) \
-                    if count else None
-        except FileNotFoundError:
-            raise StoreError(f"{path}: not found; run the stage that writes it (dvc repro)"
-                             ) from None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path}: not an array the preprocess stage writes ({exc}); "
-                             "rerun preprocess") from None
+        with _reading(path), open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+            if fortran or dtype.hasobject:
+                raise ValueError("not a plain C-ordered array")
+            count = int(np.prod(shape))
+            if offset + count * dtype.itemsize > os.fstat(handle.fileno()).st_size:
+                raise ValueError("the file is shorter than its header says")
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) \
+                if count else None
         buffer = self._map if self._map is not None else b""
         self.array = np.frombuffer(buffer, dtype, count, offset if count else 0).reshape(shape)
 
@@ -83,12 +89,6 @@ class MappedArray:
 
 def load_array(path: Path) -> np.ndarray:
     """A small ``.npy`` read whole (labels)."""
-    try:
+    with _reading(path):
         array: np.ndarray = np.load(path, allow_pickle=False)
-        return array
-    except FileNotFoundError:
-        raise StoreError(f"{path}: not found; run the stage that writes it (dvc repro)"
-                         ) from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: not an array the preprocess stage writes ({exc}); "
-                         "rerun preprocess") from None
+    return array
