@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import torch
 
+from bench.run import train_images
 from imgclf.common.settings import parse_settings, read_yaml
 from imgclf.data.audit import decode_all
 from imgclf.data.batches import batches
@@ -101,22 +102,6 @@ def bench_decode(folder: Path, repeats: int) -> dict:
             "speedup": statistics.median(times_theirs) / statistics.median(times_ours)}
 
 
-def _train(model: torch.nn.Module, loader, n_images: int) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-    model.train()
-    seen, started = 0, time.perf_counter()
-    for x, y in loader:
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(y)
-        if seen >= n_images:
-            break
-    return time.perf_counter() - started
-
-
 def bench_train_input(folder: Path, store: Path, n_images: int, repeats: int) -> dict:
     """Training images per second at 64x64 RGB (cnn, batch 128, flip augmentation) fed from
     the memory-mapped store, from torchvision's folder loader, and from a TensorDataset."""
@@ -125,12 +110,12 @@ def bench_train_input(folder: Path, store: Path, n_images: int, repeats: int) ->
     model = build_model("cnn", (3, *SIZE), CLASSES, 16, [0.5] * 3, [0.25] * 3)
     in_memory = torch.utils.data.TensorDataset(split.images.clone(), split.labels.clone())
     sides = {
-        "store": lambda: _train(model, batches(split, 128, generator=torch.Generator()
+        "store": lambda: train_images(model, batches(split, 128, generator=torch.Generator()
                                                .manual_seed(0), augment="flip"), n_images),
-        "torchvision_folder": lambda: _train(model, torch.utils.data.DataLoader(
+        "torchvision_folder": lambda: train_images(model, torch.utils.data.DataLoader(
             _torchvision_folder(folder, flip=True), batch_size=128, shuffle=True,
             num_workers=workers), n_images),
-        "tensor_dataset": lambda: _train(model, torch.utils.data.DataLoader(
+        "tensor_dataset": lambda: train_images(model, torch.utils.data.DataLoader(
             in_memory, batch_size=128, shuffle=True), n_images),
     }
     for side in sides.values():  # untimed warm-up of each
