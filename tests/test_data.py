@@ -168,19 +168,20 @@ def test_a_last_batch_too_small_to_train_on_is_left_out(split):
     assert [len(y) for _, y in batches(split, 34)][-1] == 1  # scoring keeps every image
 
 
-def test_loaded_splits_are_memory_mapped_and_released_while_batching(tmp_path, split,
-                                                                   monkeypatch):
-    from imgclf.data import batches as batches_module
-
+def test_loaded_splits_are_memory_mapped_and_batches_are_read_from_the_file(tmp_path, split,
+                                                                           monkeypatch):
     meta = Meta("x", [str(i) for i in range(10)], [1, 28, 28], [0.2], [0.3], {}, "", {})
     save_splits(tmp_path, {"train": split}, meta)
     loaded = load_split(tmp_path, "train")
     assert loaded.mapped is not None
-    released = []
-    monkeypatch.setattr(loaded.mapped, "release", lambda: released.append(1))
-    monkeypatch.setattr(batches_module, "RELEASE_EVERY", 2)
-    got = torch.cat([y for _, y in batches(loaded, 10, generator=torch.Generator())])
-    assert sorted(got.tolist()) == sorted(split.labels.tolist())
-    assert len(released) == 5  # 11 batches: after every second one
+    reads = []
+    take = loaded.mapped.take
+    monkeypatch.setattr(loaded.mapped, "take", lambda index: reads.append(1) or take(index))
+    theirs = [x for x, _ in batches(split, 10, generator=torch.Generator().manual_seed(3),
+                                    augment="flip")]
+    ours = [x for x, _ in batches(loaded, 10, generator=torch.Generator().manual_seed(3),
+                                  augment="flip")]
+    assert len(reads) == 11 and all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
     assert loaded.to("cpu").mapped is loaded.mapped
-    assert loaded.take(torch.arange(3)).mapped is None  # a copy in memory
+    taken = loaded.take(torch.tensor([5, 1]))
+    assert taken.mapped is None and torch.equal(taken.images, split.images[[5, 1]])

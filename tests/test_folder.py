@@ -139,3 +139,16 @@ def test_parallel_decoding_matches_one_process(tmp_path):
     two = decode_all(root, files, (12, 12), "pad", 3, workers=2)
     assert (one.images == two.images).all() and one.hashes == two.hashes
     assert one.files == two.files and one.skipped == two.skipped and len(one.skipped) == 1
+
+
+def test_parallel_decoding_writes_into_shared_memory_only(tmp_path):
+    root = tmp_path / "p"
+    write_image_folder(root, per_class=80)
+    files = scan(root)
+    private = np.zeros((len(files), 3, 12, 12), dtype=np.uint8)
+    with pytest.raises(ValueError, match="must be shared with the workers"):
+        decode_all(root, files, (12, 12), "squash", 3, workers=2, out=private)
+    mapped = np.lib.format.open_memmap(tmp_path / "out.npy", "w+", np.uint8, private.shape)
+    decoded = decode_all(root, files, (12, 12), "squash", 3, workers=2, out=mapped)
+    assert decoded.images is mapped and len(decoded.rows) == len(files)
+    assert (np.load(tmp_path / "out.npy")[decoded.rows].reshape(len(files), -1).max(1) > 0).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,38 @@ def test_an_array_written_in_chunks_maps_back_unchanged(tmp_path):
     write_array(tmp_path / "a.npy", data.shape, (data[i:i + 7] for i in range(0, 50, 7)))
     mapped = MappedArray(tmp_path / "a.npy")
     assert np.array_equal(mapped.array, data) and mapped.array.flags.writeable
-    mapped.release()
-    assert np.array_equal(mapped.array, data)  # pages come back from the file
     assert np.array_equal(np.load(tmp_path / "a.npy", allow_pickle=False), data)
+
+
+def test_rows_taken_from_the_file_match_indexing_and_bounds_are_checked(tmp_path):
+    data = np.random.default_rng(1).integers(0, 256, (40, 3, 5, 6), dtype=np.uint8)
+    save_array(tmp_path / "a.npy", data)
+    mapped = MappedArray(tmp_path / "a.npy")
+    index = np.array([39, 0, 7, 7, 12])
+    assert np.array_equal(mapped.take(index), data[index])
+    assert mapped.take(np.array([], dtype=np.int64)).shape == (0, 3, 5, 6)
+    with pytest.raises(IndexError, match="out of range for 40 rows"):
+        mapped.take(np.array([40]))
+
+
+def _rss_file_bytes() -> int:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_taking_every_row_of_a_large_file_keeps_memory_flat(tmp_path):
+    rows, row = 2048, np.full((3, 64, 64), 7, dtype=np.uint8)  # 24 MiB
+    write_array(tmp_path / "big.npy", (rows, *row.shape), (np.broadcast_to(row, (256, *row.shape))
+                                                           for _ in range(rows // 256)))
+    mapped = MappedArray(tmp_path / "big.npy")
+    before = _rss_file_bytes()
+    order = np.random.default_rng(0).permutation(rows)
+    for start in range(0, rows, 128):
+        assert (mapped.take(order[start:start + 128]) == 7).all()
+    assert _rss_file_bytes() - before < 4 * 2**20  # none of the file's 24 MiB got mapped
 
 
 def test_a_short_write_is_an_error_and_leaves_no_file(tmp_path):

@@ -8,12 +8,13 @@ by their decoded pixels.
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
 import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,11 @@ def auto_channels(headers: Iterable[Header | None]) -> int:
     return 1 if modes and modes <= GREY_MODES else 3
 
 
+Job = tuple[int, Path, tuple[int, int], str, int]
+Result = tuple[int, str, str]  # index, pixel hash, error
+_work: tuple[list[Job], np.ndarray] | None = None  # a worker's jobs and shared output
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One file decoded, or why it was not."""
@@ -79,7 +85,7 @@ class Outcome:
     error: str = ""
 
 
-def _decode_one(job: tuple[int, Path, tuple[int, int], str, int]) -> Outcome:
+def _decode_one(job: Job) -> Outcome:
     index, path, size, how, channels = job
     try:
         decoded = decode(path, at_least=max(size))
@@ -103,30 +109,34 @@ class DecodedFiles:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
+def shared_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed uint8 array in memory shared with the processes forked after it."""
+    buffer = mmap.mmap(-1, max(1, int(np.prod(shape))))
+    return np.frombuffer(buffer, dtype=np.uint8, count=int(np.prod(shape))).reshape(shape)
+
+
 def decode_all(root: Path, files: list[ImageFile], size: tuple[int, int], how: str,
                channels: int, workers: int | None = None, out: np.ndarray | None = None
                ) -> DecodedFiles:
     """Decode, orient, convert and resize every file on all cores; skip the bad ones.
 
-    ``out`` (``len(files) x channels x height x width`` uint8, e.g. a memory-mapped file)
-    receives the pixels; by default an array in memory.
+    ``out`` (``len(files) x channels x height x width`` uint8) receives the pixels: a
+    memory-mapped file or :func:`shared_zeros`, which the workers write straight into; by
+    default shared memory.
     """
     workers = workers or os.cpu_count() or 1
     jobs = [(i, root / f.path, size, how, channels) for i, f in enumerate(files)]
     if out is None:
-        out = np.zeros((len(files), channels, *size), dtype=np.uint8)
-    results: dict[int, tuple[str, str]] = {}  # index -> (pixel hash, error); no pixels kept
+        out = shared_zeros((len(files), channels, *size))
+    results: dict[int, tuple[str, str]] = {}  # index -> (pixel hash, error)
     step = max(1, len(jobs) // 10)
     bar = tqdm(total=len(jobs), desc="decoding", unit="image", file=sys.stderr,
                disable=not sys.stderr.isatty(), leave=False)
-    with _pool(workers) as pool:
-        for done, outcome in enumerate(_map(pool, jobs), start=1):
-            if outcome.pixels is not None:
-                out[outcome.index] = outcome.pixels
-            results[outcome.index] = (outcome.pixel_hash, outcome.error)
-            bar.update()
-            if bar.disable and (done % step == 0 or done == len(jobs)):
-                log.info("decoded %d of %d images", done, len(jobs))
+    for done, (index, pixel_hash, error) in enumerate(_decoded(jobs, out, workers), start=1):
+        results[index] = (pixel_hash, error)
+        bar.update()
+        if bar.disable and (done % step == 0 or done == len(jobs)):
+            log.info("decoded %d of %d images", done, len(jobs))
     bar.close()
     kept = [i for i in sorted(results) if not results[i][1]]
     return DecodedFiles(out, np.array(kept, dtype=np.int64), [files[i] for i in kept],
@@ -135,16 +145,49 @@ def decode_all(root: Path, files: list[ImageFile], size: tuple[int, int], how: s
                          for i in sorted(results) if results[i][1]])
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork: the workers run Pillow and NumPy only, and start without re-importing torch
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+def _decoded(jobs: list[Job], out: np.ndarray, workers: int) -> Iterator[Result]:
+    """Each job's result as it finishes; the pixels go into ``out`` in place."""
+    if workers == 1 or len(jobs) < 2 * CHUNK:  # a handful of files: not worth the processes
+        yield from _decode_span(range(len(jobs)), jobs, out)
+        return
+    if not _shared(out):
+        raise ValueError("out must be shared with the workers: a np.memmap or shared_zeros")
+    # fork: the workers inherit the jobs and the shared output without pickling, run
+    # Pillow and NumPy only, and start without re-importing torch; only the small results
+    # come back
+    spans = [range(start, min(start + CHUNK, len(jobs))) for start in range(0, len(jobs), CHUNK)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_adopt, initargs=(jobs, out)) as pool:
+        for results in pool.map(_decode_inherited, spans):
+            yield from results
 
 
-def _map(pool: ProcessPoolExecutor, jobs: list[tuple[int, Path, tuple[int, int], str, int]]
-         ) -> Iterable[Outcome]:
-    if len(jobs) < 2 * CHUNK:  # a handful of files: not worth the processes
-        return map(_decode_one, jobs)
-    return pool.map(_decode_one, jobs, chunksize=CHUNK)
+def _shared(array: np.ndarray) -> bool:
+    """Whether writes to ``array`` in a forked process reach this one."""
+    base: object = array
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, (np.memmap, mmap.mmap))
+
+
+def _adopt(jobs: list[Job], out: np.ndarray) -> None:
+    global _work
+    _work = (jobs, out)
+
+
+def _decode_inherited(span: range) -> list[Result]:
+    assert _work is not None, "runs only in a worker started by _decoded"
+    return list(_decode_span(span, *_work))
+
+
+def _decode_span(span: range, jobs: list[Job], out: np.ndarray) -> Iterator[Result]:
+    for index in span:
+        outcome = _decode_one(jobs[index])
+        if outcome.pixels is not None:
+            out[index] = outcome.pixels
+        yield index, outcome.pixel_hash, outcome.error
 
 
 def headers(root: Path, files: list[ImageFile]) -> list[Header | None]:

@@ -1,7 +1,8 @@
-"""The batch loader: batches sliced from a split held in memory, augmented as whole batches.
+"""The batch loader: batches gathered from a split, augmented as whole batches.
 
-Images stay uint8 in one tensor (on the training device) and batches are sliced from it:
-no per-sample Python objects, no PIL transforms, no worker processes.
+Images stay uint8, in one tensor on the training device or in a memory-mapped file, and each
+batch is gathered from them at once: no per-sample Python objects, no PIL transforms, no
+worker processes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.data.splits import Split
-
-RELEASE_EVERY = 64  # batches between handing a memory-mapped split's pages back
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,13 +59,11 @@ def batches(
     else:
         order = torch.randperm(n, generator=generator).to(split.labels.device)
     augment_generator = augment_generator or generator
-    for step, start in enumerate(range(0, n, batch_size)):
+    for start in range(0, n, batch_size):
         if n - start < min_batch:  # a last batch too small to train on (batch norm needs 2)
             break
-        if step % RELEASE_EVERY == RELEASE_EVERY - 1:
-            split.release()  # a memory-mapped split: keep this process's memory flat
         index = order[start:start + batch_size][rank::world]
-        x = split.images[index].float().div_(255)
+        x = split.gather(index).float().div_(255)
         if augment_generator is not None and augment in ("crop", "crop_flip"):
             x = random_crop(x, max(1, x.shape[-1] // 8), augment_generator)
         if augment_generator is not None and augment in ("flip", "crop_flip"):

@@ -23,7 +23,14 @@ import torch
 
 from imgclf.common.errors import UserError
 from imgclf.common.settings import DataSettings
-from imgclf.data.audit import DecodedFiles, auto_channels, auto_size, decode_all, headers
+from imgclf.data.audit import (
+    DecodedFiles,
+    auto_channels,
+    auto_size,
+    decode_all,
+    headers,
+    shared_zeros,
+)
 from imgclf.data.folders import ImageFile
 from imgclf.data.splits import stratified_split
 
@@ -68,7 +75,7 @@ class FolderSplits:
 def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
          workers: int | None = None, allocate: Allocate | None = None) -> FolderData:
     """Decode every file of the manifest at the size and channels asked (or found);
-    ``allocate(shape)`` gives the array they go into (default: memory).
+    ``allocate(shape)`` gives the array they go into (default: shared memory).
 
     Raises:
         FolderDataError: no file could be read, or a class has no readable image.
@@ -77,7 +84,7 @@ def load(root: Path, files: list[ImageFile], cfg: DataSettings, source: str,
     size = cfg.image_size or auto_size(found)
     channels = auto_channels(found) if cfg.channels == "auto" else cfg.channels
     shape = (len(files), channels, *size)
-    out = allocate(shape) if allocate else np.zeros(shape, dtype=np.uint8)
+    out = allocate(shape) if allocate else shared_zeros(shape)
     decoded = decode_all(root, files, size, cfg.resize, channels, workers, out)
     classes = sorted({f.label for f in files})
     _check_readable(source, classes, files, decoded)

@@ -3,7 +3,7 @@
 A split is one array of images (N x C x H x W, uint8) and one of labels. On disk they are
 ``<split>-images.npy`` and ``<split>-labels.npy``; the images are memory-mapped when loaded
 (:mod:`imgclf.data.store`), so the dataset need not fit in memory, and
-:mod:`imgclf.data.batches` slices batches from them.
+:mod:`imgclf.data.batches` gathers batches from them.
 """
 
 from __future__ import annotations
@@ -39,14 +39,16 @@ class Split:
                          self.labels.pin_memory().to(device, non_blocking=True))
         return Split(self.images.to(device), self.labels.to(device), self.mapped)
 
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at ``index``, copied; a memory-mapped split reads them from its file
+        without growing this process's memory (:meth:`MappedArray.take`)."""
+        if self.mapped is not None and self.images.device.type == "cpu":
+            return torch.from_numpy(self.mapped.take(index.cpu().numpy()))
+        return self.images[index]
+
     def take(self, index: torch.Tensor) -> Split:
         """The images at ``index``, copied into memory."""
-        return Split(self.images[index], self.labels[index])
-
-    def release(self) -> None:
-        """Let go of the memory-mapped pages read so far (a no-op in memory)."""
-        if self.mapped is not None:
-            self.mapped.release()
+        return Split(self.gather(index), self.labels[index])
 
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()

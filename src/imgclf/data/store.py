@@ -1,10 +1,11 @@
 """The on-disk form of the preprocessed images: ``.npy`` arrays that training memory-maps.
 
 An array is written in chunks, so a dataset never has to fit in memory, and read back
-through a private (copy-on-write) mapping: pages come from the file as batches touch them.
-:meth:`MappedArray.release` hands the pages this process has touched back to the page
-cache, so a store larger than memory trains with flat memory. NumPy's ``.npy`` header is
-plain text; nothing is ever unpickled.
+through a private (copy-on-write) mapping whose pages come from the file when touched.
+Batches of rows are read with positioned reads instead (:meth:`MappedArray.take`): they
+leave the file's pages in the page cache, outside this process, so a store larger than
+memory trains with flat memory. NumPy's ``.npy`` header is plain text; nothing is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class MappedArray:
     """A ``.npy`` file mapped copy-on-write: a writable array whose pages are read lazily."""
 
     def __init__(self, path: Path) -> None:
-        with _reading(path), open(path, "rb") as handle:
+        with _reading(path):
+            handle = open(path, "rb")  # noqa: SIM115 (stays open, for take())
             version = np.lib.format.read_magic(handle)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
@@ -80,11 +82,26 @@ class MappedArray:
                 if count else None
         buffer = self._map if self._map is not None else b""
         self.array = np.frombuffer(buffer, dtype, count, offset if count else 0).reshape(shape)
+        self._file, self._offset = handle, offset
+        self._row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
 
-    def release(self) -> None:
-        """Drop this process's copies of the pages read so far (they stay in the page cache)."""
-        if self._map is not None:
-            self._map.madvise(mmap.MADV_DONTNEED)
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The rows at ``index``, copied from the file with positioned reads.
+
+        Unlike indexing :attr:`array`, this maps none of the file's pages into the process
+        (the kernel may map far more than was read around each touched row), so memory stays
+        flat however large the file is.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= len(self.array)):
+            raise IndexError(f"row index out of range for {len(self.array)} rows")
+        out = np.empty((len(index), *self.array.shape[1:]), self.array.dtype)
+        fd = self._file.fileno()
+        for row, i in zip(out, index.tolist(), strict=True):
+            if os.preadv(fd, [row], self._offset + i * self._row_bytes) != self._row_bytes:
+                raise StoreError(f"{self._file.name}: shorter than its header says; "
+                                 "rerun preprocess")
+        return out
 
 
 def load_array(path: Path) -> np.ndarray:
