@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import torch
 
-from bench.run import train_images
+from bench.run import BIN, interleave, make_project, train_images
 from imgclf.common.settings import parse_settings, read_yaml
 from imgclf.data.audit import decode_all
 from imgclf.data.batches import batches
@@ -203,12 +203,65 @@ def _peak_rss(child: subprocess.Popen) -> int:
     return peak
 
 
+def _write_pngs(job: tuple[Path, int, int]) -> None:
+    from PIL import Image
+
+    folder, start, count = job
+    for i in range(start, start + count):
+        label = i % CLASSES
+        pixels = np.full((8, 8), (label * 25 + i) % 256, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"class{label}" / f"{i}.png")
+
+
+def many_files(folder: Path, n: int) -> Path:
+    """``n`` distinct 8x8 PNGs in ten class folders."""
+    if folder.is_dir() and sum(1 for _ in folder.rglob("*.png")) == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    for label in range(CLASSES):
+        (folder / f"class{label}").mkdir(parents=True)
+    step = 5000
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+        pool.map(_write_pngs, [(folder, start, min(step, n - start))
+                               for start in range(0, n, step)])
+    return folder
+
+
+def bench_unchanged_folder(workdir: Path, n_files: int = 100_000) -> dict:
+    """Seconds a ``dvc repro`` of the first stage takes on an unchanged folder of
+    ``n_files`` files (everything after it is skipped when it changes nothing), against the
+    first ingest and against ``dvc version``."""
+    folder = many_files(workdir.resolve() / "many", n_files)
+    project = workdir.resolve() / "noop-project"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    raw = read_yaml(ROOT / "params.yaml")
+    raw["data"].update(dataset="folder", path=str(folder))
+    parse_settings(raw)
+    env = make_project(project, raw)
+
+    def dvc(*args: str) -> float:
+        began = time.perf_counter()
+        done = subprocess.run([BIN / "dvc", *args], cwd=project, env=env,
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"dvc {' '.join(args)} failed: {done.stdout[-2000:]}")
+        return time.perf_counter() - began
+
+    first = dvc("repro", "download")
+    noop = interleave(lambda: dvc("version"), lambda: dvc("repro", "download"), 3)
+    return {"files": n_files, "first_s": first, "noop": noop,
+            "noop_s": statistics.median(noop["b_s"])}
+
+
 def bench_folders(workdir: Path, repeats: int, n_images: int = 20000) -> dict:
-    """All three on a generated folder of ``n_images`` mixed-size RGB JPEGs."""
+    """All of them on a generated folder of ``n_images`` mixed-size RGB JPEGs (and one of
+    100,000 small PNGs for the unchanged-folder check)."""
     started = time.perf_counter()
     folder = make_folder(workdir / "jpegs", n_images)
     generated_s = time.perf_counter() - started
     store = decoded_store(folder, workdir / "jpeg-store")
     return {"decode": bench_decode(folder, repeats),
             "train_input": bench_train_input(folder, store, 5120, repeats),
-            "memory": bench_memory(workdir), "generate_s": generated_s}
+            "memory": bench_memory(workdir), "unchanged": bench_unchanged_folder(workdir),
+            "generate_s": generated_s}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from imgclf.common.files import write_text
 
-GOALS = {"folder_decode": 1.5, "folder_train_input": 3.0, "data_path_mlp": 5.0,
+GOALS = {"folder_decode": 1.5, "folder_train_input": 3.0, "unchanged_folder_s": 10.0,
+         "data_path_mlp": 5.0,
          "tracking_overhead": 0.02, "noop_repro_s": 2.0, "memory_bytes": 2 * 1024**3,
          "accuracy": 0.93, "wall_s": 360, "long_accuracy": 0.945}
 
@@ -70,7 +71,12 @@ def _folders(f: dict | None) -> list[str]:
         f"- **Preprocess** (decode and resize to 64x64 on all cores): "
         f"{d['ours_images_per_s']:.0f} images/s against torchvision's "
         f"{d['torchvision_images_per_s']:.0f}, **{d['speedup']:.2f}x**. Goal >= 1.5x: "
-        f"{_verdict(d['speedup'] >= GOALS['folder_decode'])}.",
+        f"{_verdict(d['speedup'] >= GOALS['folder_decode'])}."
+        + ("" if d["speedup"] >= GOALS["folder_decode"] else
+           " Both sides decode with Pillow (libjpeg-turbo); preprocess decodes JPEGs at a "
+           "reduced DCT scale and its workers write straight into shared memory, but the "
+           "entropy decoding of these noisy JPEGs, which no scale shortens, is the bulk of "
+           "both sides' work."),
         f"- **Training input** (cnn at 64x64 RGB, batch 128, flip augmentation, forward, "
         f"backward and step): {per_s['store']:.0f} images/s from the memory-mapped store, "
         f"{per_s['torchvision_folder']:.0f} from torchvision's folder loader "
@@ -81,9 +87,15 @@ def _folders(f: dict | None) -> list[str]:
         f"- **Memory**: the train stage, one epoch over a store of {m['store_gib']:.1f} GiB "
         f"({m['images']} images), peaked at **{m['peak_rss_gib']:.2f} GiB** resident "
         f"({m['seconds']:.0f} s). Goal <= 2 GB: "
-        f"{_verdict(m['peak_rss_bytes'] <= GOALS['memory_bytes'])}.",
-        ""]
-    return lines
+        f"{_verdict(m['peak_rss_bytes'] <= GOALS['memory_bytes'])}."]
+    if u := f.get("unchanged"):
+        lines.append(
+            f"- **Unchanged folder**: with {u['files']} files, a second `dvc repro` of the "
+            f"first stage (the manifest check; everything after it is skipped) takes "
+            f"**{u['noop_s']:.1f} s** (median), {_ratio(u['noop'])} the time of `dvc "
+            f"version`; the first ingest took {u['first_s']:.0f} s. Goal: seconds: "
+            f"{_verdict(u['noop_s'] <= GOALS['unchanged_folder_s'])}.")
+    return [*lines, ""]
 
 
 def render(r: dict) -> str:

@@ -206,10 +206,13 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def bench_pipeline(workdir: Path) -> dict:
-    """The default ``dvc repro`` from nothing: wall time, test accuracy, stage memory."""
+def make_project(workdir: Path, params: dict | None = None) -> dict[str, str]:
+    """A fresh git + DVC project of this checkout's pipeline in ``workdir`` (with ``params``
+    instead of params.yaml when given); returns the environment to run ``dvc`` in."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, workdir / name)
+    if params is not None:
+        (workdir / "params.yaml").write_text(json.dumps(params))
     shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__"))
     env = user_env()
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
@@ -217,6 +220,12 @@ def bench_pipeline(workdir: Path) -> dict:
     subprocess.run([BIN / "dvc", "init", "-q"], cwd=workdir, check=True, env=env)
     subprocess.run([*git, "add", "-A"], cwd=workdir, check=True)
     subprocess.run([*git, "commit", "-qm", "bench"], cwd=workdir, check=True)
+    return env
+
+
+def bench_pipeline(workdir: Path) -> dict:
+    """The default ``dvc repro`` from nothing: wall time, test accuracy, stage memory."""
+    env = make_project(workdir)
 
     started, began = time.perf_counter(), time.time()
     process = subprocess.Popen([BIN / "dvc", "repro"], cwd=workdir, env=env,

@@ -57,7 +57,10 @@ def test_each_stage_depends_on_exactly_the_files_it_imports():
     stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         declared = {dep for dep in stage["deps"] if dep.startswith("src/")}
-        assert declared == imported_files(f"imgclf.{name}"), name
+        used = imported_files(f"imgclf.{name}")
+        if name == "train":  # it logs the models-from-code file, which MLflow runs
+            used |= imported_files("imgclf.inference.pyfunc_model")
+        assert declared == used, (name, sorted(declared ^ used))
         assert f"imgclf.{name} " in stage["cmd"]
 
 

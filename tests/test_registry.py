@@ -6,27 +6,32 @@ import numpy as np
 import pytest
 
 from imgclf.common.settings import load_settings
+from imgclf.tracking.logged_model import log_classifier
 from imgclf.tracking.registry import champion_uri, register_model
 from imgclf.tracking.runs import stage_run
 from imgclf.tracking.store import TrackingError
-from imgclf.training.models import build_model
+from imgclf.training.checkpoint import Architecture, save_model
 
 
-def logged_model(settings) -> str:
+def logged_model(settings, tmp_path) -> str:
     """A real (tiny) model logged the way the train stage logs it."""
-    with stage_run("train", settings) as run:
-        model = build_model("mlp", (1, 28, 28), 10, 2, [0.5], [0.5])
-        return run.log_model(model, np.zeros((2, 1, 28, 28), dtype=np.float32))
+    arch = Architecture("mlp", 2, [1, 28, 28], [str(i) for i in range(10)], [0.5], [0.5])
+    model = arch.build()
+    save_model(tmp_path / "weights.pt", model, arch, {})
+    with stage_run("train", settings):
+        return log_classifier(model, arch.preprocessing(), tmp_path / "weights.pt",
+                              np.zeros((2, 1, 28, 28), dtype=np.uint8))
 
 
 @pytest.mark.parametrize(("metric", "values", "champions"), [
     ("test/accuracy", [0.80, 0.70, 0.90], ["1", "1", "3"]),
     ("test/loss", [0.50, 0.60, 0.40], ["1", "1", "3"]),
 ])
-def test_champion_moves_only_to_a_better_model(project, client, metric, values, champions):
+def test_champion_moves_only_to_a_better_model(project, client, tmp_path, metric, values,
+                                               champions):
     settings = load_settings(project / "params.yaml")
     for value, champion in zip(values, champions, strict=True):
-        uri = logged_model(settings)
+        uri = logged_model(settings, tmp_path)
         registered = register_model("clf", uri, {metric: value}, metric,
                                     {"data_version": "d1"})
         current = client.get_model_version_by_alias("clf", "champion")

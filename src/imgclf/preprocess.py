@@ -150,6 +150,7 @@ def preprocess(raw_dir: Path, spec: DatasetSpec, cfg: DataSettings
         mean=mean,
         std=std,
         counts={name: split.class_counts(len(spec.classes)) for name, split in splits.items()},
+        resize=cfg.resize,
     )
     return splits, meta
 
@@ -216,7 +217,7 @@ def preprocess_folder(manifest: dict[str, Any], cfg: DataSettings, out_dir: Path
         mean, std = chunked_channel_stats(data.images, found.rows["train"])
         meta = Meta(dataset="folder", classes=data.classes,
                     image_shape=list(data.images.shape[1:]), mean=mean, std=std,
-                    counts=found.counts(len(data.classes)))
+                    counts=found.counts(len(data.classes)), resize=cfg.resize)
         save_indexed_splits(out_dir, data.images, found.labels, found.rows, meta)
         samples = {name: _samples(data.images, found.labels, rows, len(data.classes))
                    for name, rows in found.rows.items()}

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import write_json, write_text
 from imgclf.common.settings import Settings, load_settings
 from imgclf.data.splits import Meta, Split, load_meta, load_split
+from imgclf.tracking.logged_model import log_classifier
 from imgclf.tracking.runs import StageRun, stage_run
 from imgclf.training import distributed
 from imgclf.training.checkpoint import save_model
@@ -106,11 +108,15 @@ def save_outputs(args: argparse.Namespace, run: StageRun, result: FitResult,
     run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
                      "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
                      "val/kept_accuracy": kept.val_accuracy})
-    model_uri = run.log_model(result.model, val_split.images[:INPUT_EXAMPLE_SIZE]
-                              .float().div(255).numpy())
-    save_model(args.model, result.model, architecture(recipe, meta),
-               {"mlflow_run_id": run.run_id, "mlflow_model_uri": model_uri,
-                "data_version": meta.data_version, "lineage": run.lineage})
+    arch = architecture(recipe, meta)
+    info = {"mlflow_run_id": run.run_id, "data_version": meta.data_version,
+            "lineage": run.lineage}
+    with tempfile.TemporaryDirectory() as folder:  # the weights the logged model carries
+        weights = Path(folder) / "weights.pt"
+        save_model(weights, result.model, arch, info)
+        model_uri = log_classifier(result.model, arch.preprocessing(), weights,
+                                   val_split.images[:INPUT_EXAMPLE_SIZE].numpy())
+    save_model(args.model, result.model, arch, {**info, "mlflow_model_uri": model_uri})
     run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy,
                                  "val/kept_accuracy": kept.val_accuracy},
                         params={"tuned/lr": recipe.lr, "tuned/batch_size": recipe.batch_size})

@@ -11,12 +11,14 @@ reason, so the caller can skip it and report it.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, ImageStat
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from imgclf.common.errors import one_line
 
@@ -68,8 +70,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
 
 
-def decode(path: Path, at_least: int | None = None) -> Decoded:
-    """Open, orient and convert ``path``.
+def decode(path: Path | IO[bytes], at_least: int | None = None) -> Decoded:
+    """Open, orient and convert ``path`` (a file name or an open binary file).
 
     With ``at_least``, a JPEG is decoded straight at the smallest of its built-in scales
     (1/2, 1/4, 1/8) that keeps both sides at least that long: a fraction of the work of
@@ -91,6 +93,8 @@ def decode(path: Path, at_least: int | None = None) -> Decoded:
                 return Decoded(_to_8bit(upright), mode, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"too many pixels (Pillow's decompression-bomb limit): {exc}") from None
+    except UnidentifiedImageError:
+        raise BadImage("not a readable image: not in any image format Pillow reads") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # what Pillow raises
         raise BadImage(f"not a readable image: {one_line(exc)}") from None
 
@@ -116,3 +120,11 @@ def to_array(image: Image.Image, channels: int) -> np.ndarray:
     image = image.convert("L" if channels == 1 else "RGB")
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 pixels (channels x height x width, 1 or 3 channels) as a PNG file's bytes."""
+    out = io.BytesIO()
+    image = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG")
+    return out.getvalue()

@@ -66,6 +66,7 @@ class Meta:
     counts: dict[str, list[int]]
     data_version: str = ""
     lineage: dict[str, str] = field(default_factory=dict)
+    resize: str = "squash"  # how an image of another size is brought to image_shape
 
 
 def stratified_split(labels: torch.Tensor, first: int | float, seed: int

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from imgclf.common.errors import Terminated
@@ -102,27 +100,6 @@ class StageRun:
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), folder)
-
-    def log_model(self, model: Any, input_example: np.ndarray) -> str:
-        """Log a PyTorch model in MLflow's pickle-free ``pt2`` format; return its URI.
-
-        Must be called while this run is the active one (inside :func:`stage_run`).
-        """
-        import torch
-
-        model = model.eval().to("cpu", memory_format=torch.contiguous_format)
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(input_example, output),
-            input_example=input_example,
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}"],
-        )
-        return str(info.model_uri)
 
 
 def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) -> str | None:

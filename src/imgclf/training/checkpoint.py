@@ -17,6 +17,7 @@ from torch import nn
 from imgclf.common.errors import UserError
 from imgclf.common.settings import ModelName
 from imgclf.common.tensorfiles import load_tensors, save_tensors
+from imgclf.inference.classifier import Preprocessing
 from imgclf.training.models import build_model
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,15 @@ class Architecture:
     mean: list[float]
     std: list[float]
     tta: str = "none"
+    resize: str = "squash"
 
     def build(self) -> nn.Module:
         return build_model(self.model, self.in_shape, len(self.classes), self.width,
                            self.mean, self.std, self.tta)
+
+    def preprocessing(self) -> Preprocessing:
+        """How an image file becomes this network's input."""
+        return Preprocessing(self.classes, self.in_shape, self.resize, self.mean, self.std)
 
 
 def save_model(path: Path, model: nn.Module, arch: Architecture, info: Mapping[str, Any]

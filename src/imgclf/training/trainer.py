@@ -22,7 +22,7 @@ from imgclf.training.engine import EpochStats, FitResult, fit, resolve_device, s
 def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
     """The network ``recipe`` names, sized for the images and classes ``meta`` describes."""
     return Architecture(recipe.model, recipe.width, meta.image_shape, meta.classes,
-                        meta.mean, meta.std, recipe.tta)
+                        meta.mean, meta.std, recipe.tta, meta.resize)
 
 
 def train(
