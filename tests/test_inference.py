@@ -28,7 +28,7 @@ ARCH = Architecture("cnn", 4, [1, 28, 28], ["coat", "dress", "shirt/top"], [0.3]
                     resize="pad")
 
 
-def log_classifier(settings, tmp_path, arch: Architecture = ARCH) -> tuple[str, torch.nn.Module]:
+def logged(settings, tmp_path, arch: Architecture = ARCH) -> tuple[str, torch.nn.Module]:
     """A tiny model logged the way the train stage logs it; its URI and network."""
     torch.manual_seed(0)
     model = arch.build().eval()
@@ -74,7 +74,7 @@ def test_classifier_refuses_bad_batches_with_the_fix():
 
 
 def test_a_logged_model_answers_images_in_every_request_form(project, client, tmp_path):
-    uri, network = log_classifier(load_settings(project / "params.yaml"), tmp_path)
+    uri, network = logged(load_settings(project / "params.yaml"), tmp_path)
     model = mlflow.pyfunc.load_model(uri)
     assert model.metadata.get_input_schema().input_names() == ["image"]
     grey, rgb = photo((90, 90, 90), (40, 30), 1).convert("L"), photo((200, 30, 30), (20, 50), 2)
@@ -99,7 +99,7 @@ def test_a_logged_model_answers_images_in_every_request_form(project, client, tm
 ])
 def test_a_logged_model_refuses_bad_requests_with_a_clear_message(project, client, tmp_path,
                                                                   cells, message):
-    uri, _ = log_classifier(load_settings(project / "params.yaml"), tmp_path)
+    uri, _ = logged(load_settings(project / "params.yaml"), tmp_path)
     model = mlflow.pyfunc.load_model(uri)
     with pytest.raises(MlflowException, match=message) as raised:
         model.predict(pd.DataFrame({"image": pd.Series(cells, dtype=object)}))
@@ -107,7 +107,7 @@ def test_a_logged_model_refuses_bad_requests_with_a_clear_message(project, clien
 
 
 def test_a_decompression_bomb_is_refused(project, client, tmp_path, monkeypatch):
-    uri, _ = log_classifier(load_settings(project / "params.yaml"), tmp_path)
+    uri, _ = logged(load_settings(project / "params.yaml"), tmp_path)
     model = mlflow.pyfunc.load_model(uri)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(MlflowException, match="decompression-bomb"):
@@ -115,13 +115,13 @@ def test_a_decompression_bomb_is_refused(project, client, tmp_path, monkeypatch)
 
 
 def test_models_load_from_a_uri_or_a_file_and_carry_their_weights(project, client, tmp_path):
-    uri, network = log_classifier(load_settings(project / "params.yaml"), tmp_path)
-    logged = loading.load(uri)
-    assert logged.classifier.preprocessing == ARCH.preprocessing()
-    assert logged.weights.is_file()
-    local = loading.load(str(logged.weights))
+    uri, _ = logged(load_settings(project / "params.yaml"), tmp_path)
+    from_uri = loading.load(uri)
+    assert from_uri.classifier.preprocessing == ARCH.preprocessing()
+    assert from_uri.weights.is_file()
+    local = loading.load(str(from_uri.weights))
     x = torch.rand(4, 1, 28, 28)
-    assert torch.allclose(logged.classifier.probabilities(x), local.classifier.probabilities(x),
+    assert torch.allclose(from_uri.classifier.probabilities(x), local.classifier.probabilities(x),
                           atol=1e-5)
     with pytest.raises(UserError, match="no such model file"):
         loading.load(str(tmp_path / "missing.pt"))

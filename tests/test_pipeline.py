@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -368,27 +370,69 @@ def server(history):
         process.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_served_champion_answers_like_the_local_model(history, server):
-    import torch
+def post(url: str, body: object) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
+
+@pytest.mark.slow
+def test_served_champion_answers_image_files_and_refuses_bad_requests(history, server):
+    import base64
+
+    from imgclf.data.images import png_bytes
     from imgclf.data.splits import load_split
+    from imgclf.inference import loading
 
     base = server([sys.executable, "-m", "imgclf.serve"], "/ping")
-    images = load_split(history.repo / "data/processed", "test").images[:8].float() / 255
-    request = urllib.request.Request(
-        base + "/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
-        headers={"Content-Type": "application/json"})
-    served = torch.tensor(json.loads(urllib.request.urlopen(request).read())["predictions"])
-
+    test = load_split(history.repo / "data/processed", "test")
+    pixels = test.images[:6].numpy()
+    pngs = [base64.b64encode(png_bytes(image)).decode() for image in pixels]
     mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
-    champion = MlflowClient().get_model_version_by_alias("fashion-mnist-classifier",
-                                                         "champion")
-    local = mlflow.pytorch.load_model(f"models:/fashion-mnist-classifier/{champion.version}")
-    with torch.no_grad():
-        expected = local(images)
-    assert torch.equal(served.argmax(1), expected.argmax(1))
-    assert torch.allclose(served, expected, atol=1e-4)
+    local = loading.load("models:/fashion-mnist-classifier@champion").classifier
+    expected = local.answers(local.probabilities_of_pixels(pixels))
+    for body in ({"dataframe_records": [{"image": png} for png in pngs]},
+                 {"dataframe_split": {"columns": ["image"], "data": [[png] for png in pngs]}},
+                 {"inputs": {"image": pngs}},
+                 {"inputs": (pixels / 255).tolist()}):  # the float-tensor form
+        status, answer = post(base + "/invocations", body)
+        assert status == 200, answer
+        assert [a["class"] for a in answer["predictions"]] == [a["class"] for a in expected]
+        assert answer["predictions"][0]["probabilities"]["Ankle boot"] == pytest.approx(
+            expected[0]["probabilities"]["Ankle boot"], abs=1e-4)
+    for body, message in [({"inputs": pixels.tolist()}, "divide them by 255"),
+                          ({"inputs": {"image": ["not base64!"]}}, "not valid base64"),
+                          ({"inputs": {"image": [base64.b64encode(b"GIF89a?").decode()]}},
+                           "not a readable image"),
+                          ({"inputs": [[[0.5, 0.5]]]}, "must be 1 x 28 x 28"),
+                          ({"inputs": {"image": []}}, "empty")]:
+        status, answer = post(base + "/invocations", body)
+        assert status == 400 and message in answer["message"], answer
+    assert urllib.request.urlopen(base + "/ping").status == 200  # still serving
+
+
+@pytest.mark.slow
+def test_predicting_the_exported_test_split_reproduces_the_test_accuracy(history, tmp_path):
+    exported = tmp_path / "test-pngs"
+    command = [str(Path(sys.executable).parent / "imgclf-predict")]
+    subprocess.run([*command, "--export-samples", str(exported)], cwd=history.repo, check=True)
+    (exported / "notes.txt").write_text("not an image")
+    done = subprocess.run([*command, str(exported), "--model", "models/model.pt",
+                           "--output", str(tmp_path / "p.csv")],
+                          cwd=history.repo, capture_output=True, text=True, check=True)
+    accuracy = float(done.stderr.split("accuracy against the folder names: ")[1].split()[0])
+    metrics = json.loads((history.repo / "reports/metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=0.001)
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    classes = json.loads((history.repo / "data/processed/meta.json").read_text())["classes"]
+    assert len(rows) == len(list(exported.rglob("*.png"))) + 1
+    assert {row["class"] for row in rows if not row["error"]} <= set(classes)
+    bad = [row for row in rows if row["error"]]
+    assert [Path(row["path"]).name for row in bad] == ["notes.txt"]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_rows_taken_from_the_file_match_indexing_and_bounds_are_checked(tmp_path
 
 
 def _rss_file_bytes() -> int:
-    for line in open("/proc/self/status").read().splitlines():
+    for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("RssFile:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no RssFile in /proc/self/status")

@@ -116,11 +116,13 @@ def rows_text(rows: list[dict[str, Any]], fmt: str, top_k: int) -> str:
 
 def folder_accuracy(rows: list[dict[str, Any]], classes: list[str]
                     ) -> tuple[float, float, int] | None:
-    """Accuracy against the parent folders' names, with its 95% Wilson interval's half-width,
-    when every readable file sits in a folder named after a class; else ``None``."""
+    """Accuracy against the parent folders' names (as :func:`export_samples` writes them),
+    with its 95% Wilson interval's half-width, when every readable file sits in a folder
+    named after a class; else ``None``."""
+    by_folder = {safe_name(name): name for name in classes} | {name: name for name in classes}
     read = [row for row in rows if "class" in row]
-    truth = [Path(row["path"]).parent.name for row in read]
-    if not read or not set(truth) <= set(classes):
+    truth = [by_folder.get(Path(row["path"]).parent.name) for row in read]
+    if not read or None in truth:
         return None
     n = len(read)
     p = sum(row["class"] == name for row, name in zip(read, truth, strict=True)) / n

@@ -32,7 +32,7 @@ def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weigh
 
     ``examples`` (uint8 images) become the input example, as base64 PNGs.
     """
-    network = network.eval().to("cpu", memory_format=torch.contiguous_format)
+    network = network.eval().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     batch = torch.export.Dim("batch", min=1, max=2**16)
     program = torch.export.export(network, (torch.rand(2, *preprocessing.image_shape),),
                                   dynamic_shapes=({0: batch},))
