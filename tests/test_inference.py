@@ -16,9 +16,8 @@ from PIL import Image
 from imgclf.common.errors import UserError
 from imgclf.common.settings import load_settings
 from imgclf.data.images import BadImage, png_bytes
-from imgclf.inference import loading
 from imgclf.inference.classifier import Classifier, InvalidInput, Preprocessing
-from imgclf.tracking.logged_model import log_classifier
+from imgclf.tracking.models import load, log_classifier
 from imgclf.tracking.runs import stage_run
 from imgclf.training.checkpoint import Architecture, save_model
 
@@ -116,14 +115,14 @@ def test_a_decompression_bomb_is_refused(project, client, tmp_path, monkeypatch)
 
 def test_models_load_from_a_uri_or_a_file_and_carry_their_weights(project, client, tmp_path):
     uri, _ = logged(load_settings(project / "params.yaml"), tmp_path)
-    from_uri = loading.load(uri)
+    from_uri = load(uri)
     assert from_uri.classifier.preprocessing == ARCH.preprocessing()
     assert from_uri.weights.is_file()
-    local = loading.load(str(from_uri.weights))
+    local = load(str(from_uri.weights))
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(from_uri.classifier.probabilities(x), local.classifier.probabilities(x),
                           atol=1e-5)
     with pytest.raises(UserError, match="no such model file"):
-        loading.load(str(tmp_path / "missing.pt"))
+        load(str(tmp_path / "missing.pt"))
     with pytest.raises(UserError, match="cannot load model models:/nope@champion"):
-        loading.load("models:/nope@champion")
+        load("models:/nope@champion")

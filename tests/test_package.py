@@ -10,7 +10,7 @@ import pytest
 from .conftest import PACKAGE
 
 STAGES = ("download", "preprocess", "tune", "train", "evaluate")
-TOOLS = ("serve", "compare", "presets")
+TOOLS = ("serve", "compare", "presets", "predict")
 MAX_FUNCTION_LINES = 60
 
 
@@ -34,7 +34,7 @@ def test_the_top_level_holds_only_the_commands():
     top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
     assert top == {*STAGES, *TOOLS}
     assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == {
-        "common", "data", "training", "tuning", "tracking"}
+        "common", "data", "inference", "training", "tuning", "tracking"}
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
@@ -74,8 +74,11 @@ def test_nothing_happens_at_import_time():
     for name, tree in modules().items():
         for node in tree.body:
             assert isinstance(node, allowed), f"{name}: {ast.dump(node)[:80]}"
-            if isinstance(node, ast.Expr):  # only the docstring
-                assert isinstance(node.value, ast.Constant), name
+            if isinstance(node, ast.Expr):  # only the docstring, and MLflow's models-from-code
+                # file hands over its model (it is run by MLflow, never imported)
+                assert isinstance(node.value, ast.Constant) or (
+                    name == "imgclf.tracking.pyfunc_model"
+                    and ast.unparse(node).startswith("mlflow.models.set_model(")), name
             if isinstance(node, ast.If):  # only the __main__ guard
                 assert "__main__" in ast.unparse(node.test), name
 

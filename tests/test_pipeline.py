@@ -61,7 +61,7 @@ def test_each_stage_depends_on_exactly_the_files_it_imports():
         declared = {dep for dep in stage["deps"] if dep.startswith("src/")}
         used = imported_files(f"imgclf.{name}")
         if name == "train":  # it logs the models-from-code file, which MLflow runs
-            used |= imported_files("imgclf.inference.pyfunc_model")
+            used |= imported_files("imgclf.tracking.pyfunc_model")
         assert declared == used, (name, sorted(declared ^ used))
         assert f"imgclf.{name} " in stage["cmd"]
 
@@ -386,14 +386,14 @@ def test_served_champion_answers_image_files_and_refuses_bad_requests(history, s
 
     from imgclf.data.images import png_bytes
     from imgclf.data.splits import load_split
-    from imgclf.inference import loading
+    from imgclf.tracking.models import load
 
     base = server([sys.executable, "-m", "imgclf.serve"], "/ping")
     test = load_split(history.repo / "data/processed", "test")
     pixels = test.images[:6].numpy()
     pngs = [base64.b64encode(png_bytes(image)).decode() for image in pixels]
     mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
-    local = loading.load("models:/fashion-mnist-classifier@champion").classifier
+    local = load("models:/fashion-mnist-classifier@champion").classifier
     expected = local.answers(local.probabilities_of_pixels(pixels))
     for body in ({"dataframe_records": [{"image": png} for png in pngs]},
                  {"dataframe_split": {"columns": ["image"], "data": [[png] for png in pngs]}},

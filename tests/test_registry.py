@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgclf.common.settings import load_settings
-from imgclf.tracking.logged_model import log_classifier
+from imgclf.tracking.models import log_classifier
 from imgclf.tracking.registry import champion_uri, register_model
 from imgclf.tracking.runs import stage_run
 from imgclf.tracking.store import TrackingError

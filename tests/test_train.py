@@ -15,6 +15,7 @@ import torch
 from imgclf import train
 from imgclf.common.cli import run_stage
 from imgclf.data.splits import load_split
+from imgclf.tracking.models import load
 from imgclf.training.checkpoint import load_model
 
 from .conftest import (
@@ -62,15 +63,19 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
     assert run.data.metrics["kept_epoch"] == 2
     assert run.data.metrics["val/kept_accuracy"] == metrics["val"]["accuracy"]
 
-    # the logged model is MLflow's pickle-free pt2 format and predicts like the local file
-    logged = mlflow.pytorch.load_model(info["mlflow_model_uri"])
+    # the logged model is a models-from-code pyfunc around a pt2 program; it carries its
+    # preprocessing and predicts like the local file
+    logged = load(info["mlflow_model_uri"]).classifier
+    assert logged.classes == arch.classes and logged.preprocessing == arch.preprocessing()
     x = load_split(project / "data/processed", "val").images[:8].float() / 255
     with torch.no_grad():
-        assert torch.allclose(logged(x), model(x), atol=1e-5)
+        assert torch.allclose(logged.probabilities(x), torch.softmax(model(x), 1), atol=1e-5)
     model_dir = Path(mlflow.artifacts.download_artifacts(info["mlflow_model_uri"]))
-    assert (model_dir / "data" / "model.pt2").is_file()
-    assert not list(model_dir.rglob("*.pth"))  # no pickled module
+    assert (model_dir / "artifacts" / "model.pt2").is_file()
+    assert (model_dir / "pyfunc_model.py").is_file()  # the model is code, not a pickle
+    assert not list(model_dir.rglob("*.pkl")) and not list(model_dir.rglob("*.pth"))
     mlmodel = (model_dir / "MLmodel").read_text()
+    assert "classes:" in mlmodel and "resize:" in mlmodel
     assert "signature" in mlmodel and "input_example" in mlmodel
 
 

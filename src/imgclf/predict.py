@@ -40,8 +40,9 @@ from imgclf.common.files import atomic_open, write_text
 from imgclf.common.settings import load_settings
 from imgclf.data.images import BadImage, png_bytes
 from imgclf.data.splits import load_meta, load_split
-from imgclf.inference import loading
 from imgclf.inference.classifier import Classifier
+from imgclf.tracking.models import load
+from imgclf.tracking.registry import settings_champion_uri
 
 FORMATS = (".csv", ".json")
 
@@ -182,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     files = expand(args.paths)
     if not files:
         raise UserError(f"no files in {' '.join(args.paths)}")
-    source = args.model or loading.champion(load_settings(args.params))
+    source = args.model or settings_champion_uri(load_settings(args.params))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier = loading.load(source, device).classifier
+    classifier = load(source, device).classifier
     top_k = min(args.top_k, len(classifier.classes))
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
     rows = []

@@ -2,9 +2,14 @@
 
     python -m imgclf.serve [--host 127.0.0.1] [--port 5001]
 
-The model is loaded from MLflow's pickle-free ``pt2`` format in the current environment
-(``--env-manager local``). Requests are MLflow's scoring protocol: POST ``/invocations`` with
-``{"inputs": [[[[...]]]]}``, images as floats in [0, 1], shaped N x C x H x W.
+The model is loaded in the current environment (``--env-manager local``) from its code and
+its ``torch.export`` program: nothing is unpickled, and nothing is written to the tracking
+store or the project. Requests are MLflow's scoring protocol: POST ``/invocations`` with
+images in a column named ``image`` (base64-encoded PNG or JPEG bytes, or floats in [0, 1]
+shaped channels x height x width) in any of MLflow's forms, e.g.
+``{"inputs": {"image": ["<base64>"]}}``; each image is answered with its ``class``, that
+class's ``probability`` and every class's ``probabilities``. Bad input gets HTTP 400 with
+a message.
 """
 
 from __future__ import annotations
@@ -14,10 +19,9 @@ import sys
 from pathlib import Path
 
 from imgclf.common.cli import run_process, stage_parser
-from imgclf.common.errors import UserError
 from imgclf.common.settings import load_settings
-from imgclf.tracking.registry import champion_uri
-from imgclf.tracking.store import connect, tracking_uri
+from imgclf.tracking.registry import settings_champion_uri
+from imgclf.tracking.store import tracking_uri
 
 BIN = Path(sys.executable).parent
 
@@ -35,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5001)
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.params)
-    name = settings.evaluate.model_name(settings.data.dataset)
-    if name is None:
-        raise UserError("evaluate.registered_model is null: no model is registered to serve")
-    connect(settings.tracking.experiment)
-    model_uri = champion_uri(name)
+    model_uri = settings_champion_uri(load_settings(args.params))
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     # mlflow starts its web server (uvicorn) from PATH: use this environment's
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -22,7 +22,7 @@ from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import write_json, write_text
 from imgclf.common.settings import Settings, load_settings
 from imgclf.data.splits import Meta, Split, load_meta, load_split
-from imgclf.tracking.logged_model import log_classifier
+from imgclf.tracking.models import log_classifier
 from imgclf.tracking.runs import StageRun, stage_run
 from imgclf.training import distributed
 from imgclf.training.checkpoint import save_model

@@ -1,2 +1,2 @@
-"""Answering questions about images with a trained model: preprocessing carried by the
-model, the MLflow pyfunc wrapper the server runs, and loading any model a user names."""
+"""Answering questions about images with a trained model: the preprocessing every model
+carries, and the classifier that applies it."""

@@ -10,7 +10,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imgclf.tracking.store import TrackingError, store_lock
+from imgclf.common.errors import UserError
+from imgclf.common.settings import Settings
+from imgclf.tracking.store import TrackingError, connect, store_lock
 
 CHAMPION = "champion"
 DESCRIPTION = "Trained by the imgclf pipeline"
@@ -79,3 +81,18 @@ def champion_uri(name: str) -> str:
         raise TrackingError(f"registered model {name!r} has no '{CHAMPION}' version yet; "
                             "run the pipeline first (make run)") from None
     return f"models:/{name}@{CHAMPION}"
+
+
+def settings_champion_uri(settings: Settings) -> str:
+    """The champion's URI for the model ``settings`` register (its dataset's name).
+
+    Raises:
+        UserError: ``evaluate.registered_model`` is null, so nothing is registered.
+        TrackingError: no champion yet.
+    """
+    name = settings.evaluate.model_name(settings.data.dataset)
+    if name is None:
+        raise UserError("evaluate.registered_model is null: nothing is registered; name a "
+                        "model instead (models:/<name>@<alias>, or a models/model.pt file)")
+    connect(settings.tracking.experiment)
+    return champion_uri(name)
