@@ -148,7 +148,8 @@ def test_nan_or_crashing_trial_fails_and_the_study_goes_on(tune_params, project,
     tune_params(tune__n_trials=3, tune__pruner="none")
     calls = []
 
-    def diverging_second_trial(train_split, val_split, meta, recipe, on_epoch=None):
+    def diverging_second_trial(train_split, val_split, meta, recipe, on_epoch=None,
+                               start=None):
         calls.append(recipe)
         if len(calls) == 2:  # a learning rate no params.yaml allows: the weights overflow
             recipe = recipe.model_copy(update={"lr": 1e30, "optimizer": "sgd",

@@ -24,10 +24,12 @@ from imgclf.common.settings import Settings, load_settings
 from imgclf.data.splits import Meta, Split, load_meta, load_split
 from imgclf.tracking.models import log_classifier
 from imgclf.tracking.runs import StageRun, stage_run
+from imgclf.tracking.starts import start_from
 from imgclf.training import distributed
 from imgclf.training.checkpoint import save_model
 from imgclf.training.engine import EpochStats, FitResult, deterministic_kernels, resolve_device
 from imgclf.training.trainer import architecture, train
+from imgclf.training.transfer import Start
 from imgclf.tuning import best_params
 
 INPUT_EXAMPLE_SIZE = 4
@@ -73,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def tracked_training(args: argparse.Namespace, settings: Settings, declared: Settings,
-                     upstream: dict[str, str], meta: Meta, splits: tuple[Split, Split]) -> None:
+                     upstream: dict[str, str], meta: Meta, splits: tuple[Split, Split],
+                     start: Start | None = None) -> None:
     """Train in the stage's MLflow run; log epochs, the model and the summaries; write the
     outputs."""
     recipe, (train_split, val_split) = settings.train, splits
@@ -85,6 +88,8 @@ def tracked_training(args: argparse.Namespace, settings: Settings, declared: Set
                         "deterministic_algorithms":
                             deterministic_kernels(resolve_device(recipe.device)),
                         "cudnn_benchmark": False})
+        if start is not None:
+            run.set_tags(start.tags)
         logged: set[int] = set()
 
         def log_epoch(stats: EpochStats) -> None:
@@ -92,7 +97,7 @@ def tracked_training(args: argparse.Namespace, settings: Settings, declared: Set
             logged.add(stats.epoch)
 
         result = train(train_split, val_split, meta, recipe, on_epoch=log_epoch,
-                       checkpoint=args.checkpoint)
+                       checkpoint=args.checkpoint, start=start)
         earlier = [stats for stats in result.history if stats.epoch not in logged]
         if earlier:  # resumed: this run also shows the epochs the interrupted run finished
             run.set_tags({"resumed_after_epoch": earlier[-1].epoch})
@@ -138,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = load_meta(args.data)
     splits = load_split(args.data, "train"), load_split(args.data, "val")
     device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
+    start = start_from(recipe.init, recipe.model)  # and on missing starting weights
     argv = sys.argv[1:] if argv is None else argv
     with distributed.process_group(recipe.processes, device, "imgclf.train", argv) as rank:
         if rank > 0:  # every process trains its shard; only the first tracks and writes
-            train(*splits, meta, recipe, checkpoint=args.checkpoint)
+            train(*splits, meta, recipe, checkpoint=args.checkpoint, start=start)
         else:
-            tracked_training(args, settings, declared, upstream, meta, splits)
+            tracked_training(args, settings, declared, upstream, meta, splits, start)
     return 0
 
 

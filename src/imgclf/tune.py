@@ -32,9 +32,11 @@ from imgclf.common.settings import Settings, load_settings
 from imgclf.data.splits import Meta, Split, load_meta, load_split, stratified_split
 from imgclf.tracking.orphans import close_orphaned_run, error_tag
 from imgclf.tracking.runs import StageRun, stage_run, trial_run
+from imgclf.tracking.starts import start_from
 from imgclf.tracking.store import connect
 from imgclf.training.engine import EpochStats
 from imgclf.training.trainer import train
+from imgclf.training.transfer import Start
 from imgclf.tuning import best_params, studies
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def trial_data(train_split: Split, fraction: float, seed: int) -> Split:
 
 
 def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Split,
-              meta: Meta) -> float:
+              meta: Meta, start: Start | None = None) -> float:
     """Train one trial's recipe; report validation accuracy per epoch for pruning."""
     cfg, base = job.settings.tune, job.settings.train
     with warnings.catch_warnings():
@@ -98,7 +100,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
                 raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
 
         try:
-            result = train(train_split, val_split, meta, recipe, on_epoch=report)
+            result = train(train_split, val_split, meta, recipe, on_epoch=report, start=start)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -117,8 +119,9 @@ def run_worker(job: Job) -> None:
     train_split = trial_data(load_split(job.data_dir, "train"), cfg.train_fraction,
                              job.settings.data.seed)
     val_split = load_split(job.data_dir, "val")
+    start = start_from(job.settings.train.init, job.settings.train.model)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta),
+    study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta, start),
                    n_trials=job.n_trials, timeout=cfg.timeout_s, catch=(Exception,),
                    gc_after_trial=False)
 
@@ -257,11 +260,14 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(args.params)
     meta = load_meta(args.data)  # fail on missing inputs before a run is opened
+    start = start_from(settings.train.init, settings.train.model)
     root = project_root()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     with stage_run("tune", settings, upstream=meta.lineage, data_version=meta.data_version,
                    deps=[args.data]) as run:
+        if start is not None:
+            run.set_tags(start.tags)
         if settings.tune.enabled:
             best, summary = tune(settings, args.data.resolve(), root, run)
             source = f"best of study {summary['study']}"

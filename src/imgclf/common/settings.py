@@ -29,7 +29,16 @@ from ruamel.yaml.error import YAMLError
 from imgclf.common.errors import UserError
 
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "folder"]
-ModelName = Literal["mlp", "cnn", "cifar_cnn"]
+ModelName = Literal["mlp", "cnn", "cifar_cnn", "resnet18", "mobilenet_v3_small",
+                    "efficientnet_b0"]
+# torchvision's classification models train.model takes (ImageNet weights exist for them)
+TORCHVISION_MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
+URI_SCHEMES = ("models:/", "runs:/", "file:", "mlflow-artifacts:", "s3:", "gs:", "http")
+
+
+def is_model_uri(source: str) -> bool:
+    """Whether ``source`` is an MLflow model URI rather than a file path."""
+    return source.startswith(URI_SCHEMES)
 
 
 def _finite(value: float) -> float:
@@ -113,6 +122,27 @@ class TrainSettings(_Section):
     threads: int = Field(ge=0, le=1024)
     processes: int = Field(ge=1, le=1024)
     eval_batch_size: int = Field(ge=1, le=65536)
+    init: str = "random"
+    freeze: Literal["none", "backbone"] = "none"
+
+    @field_validator("init")
+    @classmethod
+    def _known_start(cls, value: str) -> str:
+        if value in ("random", "imagenet") or is_model_uri(value) or value.endswith(".pt"):
+            return value
+        raise ValueError(f"{value!r}: use random, imagenet, an MLflow model URI "
+                         "(models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model) "
+                         "or a train stage .pt file")
+
+    @model_validator(mode="after")
+    def _start_fits_model(self) -> TrainSettings:
+        if self.init == "imagenet" and self.model not in TORCHVISION_MODELS:
+            raise ValueError(f"train.init: imagenet weights exist only for "
+                             f"{', '.join(TORCHVISION_MODELS)}, not {self.model!r}")
+        if self.freeze == "backbone" and self.init == "random":
+            raise ValueError("train.freeze: backbone trains only the head on a random "
+                             "backbone; set train.init (imagenet, or a model to start from)")
+        return self
 
 
 class LogRange(_Section):

@@ -10,6 +10,7 @@ weights-only file as an artifact, for fine-tuning from it.
 from __future__ import annotations
 
 import base64
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from imgclf.common.errors import UserError, one_line
+from imgclf.common.settings import is_model_uri
 from imgclf.data.images import png_bytes
 from imgclf.inference.classifier import COLUMN, Classifier, Preprocessing
-from imgclf.training.checkpoint import Architecture, load_model
+from imgclf.training.checkpoint import WEIGHTS_ARTIFACT, Architecture, load_model
 
 PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
 # one optional string column: base64 image files, or (the tensor form) nested float lists
@@ -44,12 +46,13 @@ def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weigh
     example = {COLUMN: [base64.b64encode(png_bytes(image)).decode("ascii")
                         for image in examples]}
     with tempfile.TemporaryDirectory() as folder:
-        program_file = Path(folder) / "model.pt2"
+        program_file, weights_file = Path(folder) / "model.pt2", Path(folder) / WEIGHTS_ARTIFACT
         torch.export.save(program, program_file)
+        shutil.copyfile(weights, weights_file)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_MODEL),
-            artifacts={"program": str(program_file), "weights": str(weights)},
+            artifacts={"program": str(program_file), "weights": str(weights_file)},
             model_config=preprocessing.to_config(),
             signature=SIGNATURE,
             input_example=example,
@@ -57,9 +60,6 @@ def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weigh
                               f"mlflow=={mlflow.__version__}", "pillow", "pandas"],
         )
     return str(info.model_uri)
-
-
-URI_SCHEMES = ("models:/", "runs:/", "file:", "mlflow-artifacts:", "s3:", "gs:", "http")
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,6 @@ class LoadedModel:
     weights: Path  # the train stage's weights file (architecture, weights, provenance)
 
 
-def is_uri(source: str) -> bool:
-    return source.startswith(URI_SCHEMES)
-
-
 def load(source: str, device: torch.device | None = None) -> LoadedModel:
     """The model at ``source``: an MLflow model URI or a train stage ``.pt`` file.
 
@@ -82,7 +78,7 @@ def load(source: str, device: torch.device | None = None) -> LoadedModel:
         UserError: nothing there, or not a model the train stage logged.
     """
     device = device or torch.device("cpu")
-    if not is_uri(source):
+    if not is_model_uri(source):
         path = Path(source)
         if not path.is_file():
             raise UserError(f"{source}: no such model file; give a models/model.pt file or "
@@ -112,3 +108,4 @@ def _load_logged(uri: str, device: torch.device) -> LoadedModel:
         classifier = Classifier(classifier.network.to(device),  # type: ignore[attr-defined]
                                 classifier.preprocessing, device)
     return LoadedModel(classifier, uri, Path(wrapped.weights))
+

@@ -21,6 +21,7 @@ from imgclf.inference.classifier import Preprocessing
 from imgclf.training.models import build_model
 
 log = logging.getLogger(__name__)
+WEIGHTS_ARTIFACT = "weights.pt"  # a logged model's copy of this file, under artifacts/
 
 
 @dataclass(frozen=True)

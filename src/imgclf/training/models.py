@@ -8,8 +8,10 @@ evaluation and the HTTP model server without a separate preprocessing step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
 from imgclf.common.settings import ModelName
@@ -118,9 +120,59 @@ class FlipAveraging(nn.Module):
         return (scores + mirrored) / 2
 
 
+SMALL_INPUT = 64  # below this side, a torchvision model's stem keeps the full resolution
+
+
+def _stem(conv: nn.Conv2d, channels: int, small: bool) -> nn.Conv2d:
+    """A first convolution for ``channels`` inputs; 3x3 with stride 1 for small images."""
+    if small:
+        return nn.Conv2d(channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+    if channels == conv.in_channels:
+        return conv
+    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
+    return nn.Conv2d(channels, conv.out_channels, (kernel[0], kernel[1]),
+                     (stride[0], stride[1]), padding if isinstance(padding, str)
+                     else (padding[0], padding[1]), bias=False)
+
+
+def torchvision_model(name: str) -> Callable[[Sequence[int], int, int], nn.Module]:
+    """A builder of torchvision's classification model ``name`` for ``in_shape`` images and
+    ``num_classes`` classes (``width`` does not apply).
+
+    Below 64 pixels a side the stem keeps the full resolution (a 3x3 stride-1 first
+    convolution, and no max-pool in ResNet), or the few pixels left after ImageNet's 4x
+    downsampling would starve the network. Grey images get a one-channel first convolution.
+    """
+    def build(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Module:
+        channels, height, wide = in_shape
+        small = min(height, wide) < SMALL_INPUT
+        net: Any = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if name == "resnet18":
+            net.conv1 = _stem(net.conv1, channels, small)
+            if small:
+                net.maxpool = nn.Identity()
+        else:  # MobileNetV3 and EfficientNet: the stem is the first layer's convolution
+            net.features[0][0] = _stem(net.features[0][0], channels, small)
+        module: nn.Module = net
+        return module
+
+    return build
+
+
+def head(model: nn.Module) -> nn.Linear:
+    """The layer that scores the classes: the network's last linear layer."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError("the network has no linear head")
+    return linears[-1]
+
+
 # the builder of each name train.model accepts (settings.ModelName lists them)
-BUILDERS: dict[ModelName, Callable[[Sequence[int], int, int], nn.Sequential]] = {
+BUILDERS: dict[ModelName, Callable[[Sequence[int], int, int], nn.Module]] = {
     "mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn,
+    "resnet18": torchvision_model("resnet18"),
+    "mobilenet_v3_small": torchvision_model("mobilenet_v3_small"),
+    "efficientnet_b0": torchvision_model("efficientnet_b0"),
 }
 
 

@@ -17,6 +17,7 @@ from imgclf.data.splits import Meta, Split
 from imgclf.training.checkpoint import Architecture, load_training_state, save_training_state
 from imgclf.training.distributed import distributed
 from imgclf.training.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
+from imgclf.training.transfer import Start, apply_start, freeze_backbone
 
 
 def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
@@ -32,8 +33,10 @@ def train(
     recipe: TrainSettings,
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpoint: Path | None = None,
+    start: Start | None = None,
 ) -> FitResult:
-    """Build the network ``recipe`` names and train it.
+    """Build the network ``recipe`` names, load the weights it ``start``s from, and train it
+    (only its head, with ``train.freeze: backbone``).
 
     With a ``checkpoint`` path the training state is saved there after every epoch, and a
     state left by an interrupted run of the same recipe on the same data is resumed.
@@ -41,10 +44,14 @@ def train(
     device = resolve_device(recipe.device)
     set_determinism(recipe.seed, recipe.threads, device)
     model = architecture(recipe, meta).build()
+    if start is not None:
+        apply_start(model, start)
+    if recipe.freeze == "backbone":
+        freeze_backbone(model)
     if checkpoint is None:
         return fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch)
     path = checkpoint
-    key = training_key(recipe, meta, len(train_split))
+    key = training_key(recipe, meta, len(train_split), start.digest if start else "")
     result = fit(model, train_split, val_split, recipe, device=device, on_epoch=on_epoch,
                  resume=load_training_state(path, key),
                  on_checkpoint=lambda state: save_training_state(path, key, state))
@@ -53,11 +60,13 @@ def train(
     return result
 
 
-def training_key(recipe: TrainSettings, meta: Meta, train_size: int) -> str:
+def training_key(recipe: TrainSettings, meta: Meta, train_size: int, start: str = "") -> str:
     """Identifies a training run's inputs, so only the same run is ever resumed.
 
-    It covers ``train.keep`` too: only a ``keep: best`` run's states hold the best weights.
+    It covers ``train.keep`` too: only a ``keep: best`` run's states hold the best weights;
+    ``start`` is the hash of the weights it started from (an alias may move).
     """
     inputs = {"recipe": recipe.model_dump(mode="json", exclude={"device"}),
-              "meta": asdict(meta) | {"lineage": None}, "train_size": train_size}
+              "meta": asdict(meta) | {"lineage": None}, "train_size": train_size,
+              "start": start}
     return hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,62 @@
+"""Resolving ``train.init``: the weights a training run starts from, fetched and checked
+before any work (a registered model's are downloaded from the tracking store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from imgclf.common.errors import UserError, one_line
+from imgclf.common.settings import is_model_uri
+from imgclf.training.checkpoint import WEIGHTS_ARTIFACT
+from imgclf.training.transfer import Start, file_start, imagenet_start
+
+
+def start_from(init: str, model: str) -> Start | None:
+    """The weights ``train.init`` names for ``model``, checked before any work; ``None`` for
+    ``random``.
+
+    Raises:
+        UserError: the weights are missing, unreachable or for another network.
+    """
+    if init == "random":
+        return None
+    if init == "imagenet":
+        return imagenet_start(model)
+    if not is_model_uri(init):
+        path = Path(init)
+        if not path.is_file():
+            raise UserError(f"train.init {init}: no such file; give a train stage .pt file "
+                            "or a model URI (models:/<name>@<alias>)")
+        return file_start(path, init, model)
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=init))
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"train.init {init}: cannot fetch it ({one_line(exc)}); check the "
+                        "name, version or alias (the MLflow UI's Models page lists them)"
+                        ) from None
+    weights = folder / "artifacts" / WEIGHTS_ARTIFACT
+    if not weights.is_file():
+        raise UserError(f"train.init {init}: not a model the train stage logged (it has no "
+                        "weights.pt); retrain it, or start from its .pt file")
+    return file_start(weights, init, model, _registry_tags(init))
+
+
+def _registry_tags(uri: str) -> dict[str, str]:
+    """The registry version a ``models:/name@alias`` or ``models:/name/N`` URI points at."""
+    if not uri.startswith("models:/"):
+        return {}
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    try:
+        if ref:
+            version = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, number = name.rpartition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException:
+        return {}  # a logged model's own id (models:/m-...): no registry version
+    return {"init_model": version.name, "init_version": str(version.version)}
