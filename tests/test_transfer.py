@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import mlflow
 import pytest
 import torch
 import torchvision
@@ -44,7 +47,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_imagenet_weights_missing_from_the_hub_cache_fail_naming_file_and_folder(hub):
     with pytest.raises(StartError) as raised:
-        start_from("imagenet", "resnet18")
+        start_from("imagenet", "resnet18", "tests")
     message = str(raised.value)
     assert "resnet18-f37072fd.pth" in message and str(hub) in message
     assert "nothing is downloaded" in message
@@ -62,13 +65,13 @@ def _fake_imagenet(hub, name: str) -> dict[str, torch.Tensor]:
 def test_imagenet_weights_are_checked_against_the_hash_in_their_name(hub):
     _fake_imagenet(hub, "mobilenet_v3_small")
     with pytest.raises(StartError, match="does not match the hash in its name"):
-        start_from("imagenet", "mobilenet_v3_small")
+        start_from("imagenet", "mobilenet_v3_small", "tests")
 
 
 def test_imagenet_backbone_loads_with_a_grey_stem_and_a_new_head(hub, monkeypatch):
     source = _fake_imagenet(hub, "mobilenet_v3_small")
     monkeypatch.setattr(transfer, "HASH_PREFIX", transfer.re.compile(r"^$"))  # self-made file
-    start = start_from("imagenet", "mobilenet_v3_small")
+    start = start_from("imagenet", "mobilenet_v3_small", "tests")
     assert start.tags["init_from"] == "imagenet" and len(start.tags["init_sha256"]) == 64
     model = build_model("mobilenet_v3_small", (1, 28, 28), 4, 16, [0.5], [0.25])
     done = apply_start(model, start)
@@ -83,7 +86,7 @@ def test_resnet_small_stem_starts_afresh_from_imagenet(hub, monkeypatch):
     source = _fake_imagenet(hub, "resnet18")
     monkeypatch.setattr(transfer, "HASH_PREFIX", transfer.re.compile(r"^$"))
     model = build_model("resnet18", (3, 32, 32), 10, 16, [0.5] * 3, [0.25] * 3)
-    done = apply_start(model, start_from("imagenet", "resnet18"))
+    done = apply_start(model, start_from("imagenet", "resnet18", "tests"))
     assert done["init_reinitialised"] == "conv1.weight"
     assert torch.equal(model[1].state_dict()["layer1.0.conv1.weight"],
                        source["layer1.0.conv1.weight"])
@@ -112,7 +115,7 @@ def test_a_trained_model_starts_another_with_other_classes(tmp_path):
 
 def test_a_start_of_another_kind_or_shape_is_a_clear_error(tmp_path):
     path, _ = _saved(tmp_path, Architecture("cnn", 4, [1, 28, 28], ["a", "b"], [0.2], [0.3]))
-    with pytest.raises(StartError, match="it is a cnn model, but train.model is mlp"):
+    with pytest.raises(StartError, match=r"it is a cnn model, but train\.model is mlp"):
         file_start(path, str(path), "mlp")
     wider = build_model("cnn", (1, 28, 28), 2, 8, [0.5], [0.5])
     with pytest.raises(StartError, match=r"tensor '0.weight' is \[4, 1, 3, 3\] there but "
@@ -141,11 +144,53 @@ def test_a_registered_model_is_a_start_that_records_its_version(project, client,
         uri = log_classifier(model, arch.preprocessing(), path,
                              torch.zeros(1, 1, 28, 28, dtype=torch.uint8).numpy())
     register_model("clf", uri, {"test/accuracy": 0.9}, "test/accuracy", {})
-    start = start_from("models:/clf@champion", "cnn")
+    start = start_from("models:/clf@champion", "cnn", "tests")
     assert start.tags["init_model"] == "clf" and start.tags["init_version"] == "1"
     assert start.tags["lineage.init"] == "parent-run"
-    assert start_from("models:/clf/1", "cnn").tags["init_version"] == "1"
-    with pytest.raises(StartError, match="train.model is resnet18"):
-        start_from("models:/clf@champion", "resnet18")
+    assert start_from("models:/clf/1", "cnn", "tests").tags["init_version"] == "1"
+    with pytest.raises(StartError, match=r"train\.model is resnet18"):
+        start_from("models:/clf@champion", "resnet18", "tests")
     with pytest.raises(Exception, match="cannot fetch it"):
-        start_from("models:/nope@champion", "cnn")
+        start_from("models:/nope@champion", "cnn", "tests")
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_registered_model_beats_random_init_on_a_small_budget(tmp_path):
+    from PIL import Image
+
+    from imgclf.preprocess import read_idx
+
+    from .conftest import FMNIST_DIR, dvc, make_repo
+
+    if not FMNIST_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is missing")
+    repo = make_repo(tmp_path / "repo", **{"tune.enabled": False})
+    dvc(repo, "repro")  # pretrain on a Fashion-MNIST subset; evaluate registers the champion
+    # a folder dataset of five classes the pretrained model never had, from unseen images
+    groups = {0: "tops", 6: "tops", 2: "warm", 4: "warm", 5: "shoes", 7: "shoes",
+              1: "long", 3: "long", 8: "carry", 9: "carry"}
+    images = read_idx(FMNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FMNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    for i in range(400):
+        folder = tmp_path / "garments" / groups[int(labels[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i].numpy()).save(folder / f"{i}.png")
+    common = ["-S", "data.dataset=folder", "-S", f"data.path={tmp_path / 'garments'}",
+              "-S", "data.train_limit=null", "-S", "data.test_limit=null",
+              "-S", "train.epochs=1"]
+    scores = {}
+    for init in ("models:/fashion-mnist-classifier@champion", "random"):
+        dvc(repo, "exp", "run", *common, "-S", f"train.init={init}")
+        scores[init] = json.loads((repo / "reports/metrics.json").read_text())["test"]
+    tuned, scratch = scores.values()
+    assert tuned["accuracy"] > scratch["accuracy"] + 0.1 and tuned["loss"] < scratch["loss"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("imgclf").experiment_id],
+                              "tags.stage = 'train' and tags.init_from != ''")
+    assert len(runs) == 1
+    tags = runs[0].data.tags
+    assert tags["init_model"] == "fashion-mnist-classifier" and tags["init_version"] == "1"
+    parent = client.get_run(tags["lineage.init"])  # the lineage walk reaches the parent
+    assert parent.data.tags["stage"] == "train" and parent.data.tags["dataset"] == "fashion-mnist"

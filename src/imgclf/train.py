@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = load_meta(args.data)
     splits = load_split(args.data, "train"), load_split(args.data, "val")
     device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
-    start = start_from(recipe.init, recipe.model)  # and on missing starting weights
+    # and on missing starting weights
+    start = start_from(recipe.init, recipe.model, settings.tracking.experiment)
     argv = sys.argv[1:] if argv is None else argv
     with distributed.process_group(recipe.processes, device, "imgclf.train", argv) as rank:
         if rank > 0:  # every process trains its shard; only the first tracks and writes

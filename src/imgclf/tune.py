@@ -119,7 +119,8 @@ def run_worker(job: Job) -> None:
     train_split = trial_data(load_split(job.data_dir, "train"), cfg.train_fraction,
                              job.settings.data.seed)
     val_split = load_split(job.data_dir, "val")
-    start = start_from(job.settings.train.init, job.settings.train.model)
+    start = start_from(job.settings.train.init, job.settings.train.model,
+                       job.settings.tracking.experiment)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta, start),
                    n_trials=job.n_trials, timeout=cfg.timeout_s, catch=(Exception,),
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(args.params)
     meta = load_meta(args.data)  # fail on missing inputs before a run is opened
-    start = start_from(settings.train.init, settings.train.model)
+    start = start_from(settings.train.init, settings.train.model,
+                       settings.tracking.experiment)
     root = project_root()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)

@@ -11,13 +11,14 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.common.errors import UserError, one_line
 from imgclf.common.settings import is_model_uri
+from imgclf.tracking.store import connect
 from imgclf.training.checkpoint import WEIGHTS_ARTIFACT
 from imgclf.training.transfer import Start, file_start, imagenet_start
 
 
-def start_from(init: str, model: str) -> Start | None:
+def start_from(init: str, model: str, experiment: str) -> Start | None:
     """The weights ``train.init`` names for ``model``, checked before any work; ``None`` for
-    ``random``.
+    ``random``. A model URI is resolved in the project's tracking store (``experiment``'s).
 
     Raises:
         UserError: the weights are missing, unreachable or for another network.
@@ -32,6 +33,7 @@ def start_from(init: str, model: str) -> Start | None:
             raise UserError(f"train.init {init}: no such file; give a train stage .pt file "
                             "or a model URI (models:/<name>@<alias>)")
         return file_start(path, init, model)
+    connect(experiment)
     try:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=init))
     except (MlflowException, OSError) as exc:
