@@ -388,6 +388,13 @@ def test_served_champion_answers_image_files_and_refuses_bad_requests(history, s
     from imgclf.data.splits import load_split
     from imgclf.tracking.models import load
 
+    def files() -> dict[str, tuple[int, int]]:
+        # SQLite readers touch only its -shm file; .dvc/tmp is the experiment queue's
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in history.repo.rglob("*") if p.is_file() and not p.name.endswith("-shm")
+                and ".dvc/tmp" not in p.as_posix()}
+
+    before = files()
     base = server([sys.executable, "-m", "imgclf.serve"], "/ping")
     test = load_split(history.repo / "data/processed", "test")
     pixels = test.images[:6].numpy()
@@ -413,6 +420,17 @@ def test_served_champion_answers_image_files_and_refuses_bad_requests(history, s
         status, answer = post(base + "/invocations", body)
         assert status == 400 and message in answer["message"], answer
     assert urllib.request.urlopen(base + "/ping").status == 200  # still serving
+    assert files() == before  # serving wrote nothing to the store or the project
+
+    # the README's curl command, exactly as written but for the port
+    readme = (REPO / "README.md").read_text()
+    command = readme[readme.index("curl -s http://127.0.0.1:5001"):]
+    command = command[:command.index("\n```")].replace("5001", base.rsplit(":", 1)[1])
+    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+    answer = json.loads(done.stdout)["predictions"][0]
+    assert answer["class"] == local.answers(local.probabilities_of_pixels(
+        local.preprocessing.pixels(REPO / "examples/ankle-boot.png")[None]))[0]["class"]
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from imgclf.common.errors import UserError
 from imgclf.common.settings import load_settings
 from imgclf.tracking.models import log_classifier
 from imgclf.tracking.registry import register_model
@@ -150,7 +151,7 @@ def test_a_registered_model_is_a_start_that_records_its_version(project, client,
     assert start_from("models:/clf/1", "cnn", "tests").tags["init_version"] == "1"
     with pytest.raises(StartError, match=r"train\.model is resnet18"):
         start_from("models:/clf@champion", "resnet18", "tests")
-    with pytest.raises(Exception, match="cannot fetch it"):
+    with pytest.raises(UserError, match=r"train\.init: cannot load model models:/nope"):
         start_from("models:/nope@champion", "cnn", "tests")
 
 

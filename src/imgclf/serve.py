@@ -15,20 +15,23 @@ a message.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.settings import load_settings
+from imgclf.tracking.models import local_copy
 from imgclf.tracking.registry import settings_champion_uri
 from imgclf.tracking.store import tracking_uri
 
 BIN = Path(sys.executable).parent
 
 
-def serve_command(model_uri: str, host: str, port: int) -> list[str]:
-    """The ``mlflow models serve`` command line for ``model_uri``."""
-    return [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+def serve_command(model: str, host: str, port: int) -> list[str]:
+    """The ``mlflow models serve`` command line for ``model`` (a URI or a model folder)."""
+    return [str(BIN / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
             "--host", host, "--port", str(port)]
 
 
@@ -43,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     # mlflow starts its web server (uvicorn) from PATH: use this environment's
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = serve_command(model_uri, args.host, args.port)
-    print(f"serving {model_uri} at http://{args.host}:{args.port}/invocations", flush=True)
-    os.execv(command[0], command)
-    return 0  # not reached: exec replaced this process
+    with tempfile.TemporaryDirectory(prefix="imgclf-serve-") as folder:
+        # a copy: the server then never touches the tracking store
+        command = serve_command(str(local_copy(model_uri, Path(folder))), args.host, args.port)
+        print(f"serving {model_uri} at http://{args.host}:{args.port}/invocations", flush=True)
+        return subprocess.run(command, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -93,9 +93,26 @@ def _classifier(network: torch.nn.Module, arch: Architecture, device: torch.devi
     return Classifier(network.to(device), arch.preprocessing(), device)
 
 
+def local_copy(uri: str, folder: Path | None = None) -> Path:
+    """A copy of the logged model at ``uri`` in ``folder`` (default: a new temporary one).
+
+    Loading from a copy keeps the tracking store untouched: MLflow writes a file into a
+    registered model's folder when it loads it in place.
+
+    Raises:
+        UserError: no such model.
+    """
+    folder = folder or Path(tempfile.mkdtemp(prefix="imgclf-model-"))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"cannot load model {uri}: {one_line(exc)}. Check the name, version "
+                        "or alias (the MLflow UI's Models page lists them)") from None
+
+
 def _load_logged(uri: str, device: torch.device) -> LoadedModel:
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(str(local_copy(uri)))
         wrapped = model.unwrap_python_model()
     except (MlflowException, OSError) as exc:
         raise UserError(f"cannot load model {uri}: {one_line(exc)}. Check the name, version "

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imgclf.common.errors import UserError, one_line
+from imgclf.common.errors import UserError
 from imgclf.common.settings import is_model_uri
+from imgclf.tracking.models import local_copy
 from imgclf.tracking.store import connect
 from imgclf.training.checkpoint import WEIGHTS_ARTIFACT
 from imgclf.training.transfer import Start, file_start, imagenet_start
@@ -35,11 +35,9 @@ def start_from(init: str, model: str, experiment: str) -> Start | None:
         return file_start(path, init, model)
     connect(experiment)
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=init))
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"train.init {init}: cannot fetch it ({one_line(exc)}); check the "
-                        "name, version or alias (the MLflow UI's Models page lists them)"
-                        ) from None
+        folder = local_copy(init)
+    except UserError as exc:
+        raise UserError(f"train.init: {exc}") from None
     weights = folder / "artifacts" / WEIGHTS_ARTIFACT
     if not weights.is_file():
         raise UserError(f"train.init {init}: not a model the train stage logged (it has no "
