@@ -98,6 +98,22 @@ def _folders(f: dict | None) -> list[str]:
     return [*lines, ""]
 
 
+def _serving(s: dict | None) -> list[str]:
+    lines = ["## Predictions", ""]
+    if s is None:
+        return [*lines, "Not measured yet: `python bench/run.py --only serving`.", ""]
+    load, predict = s["load"], s["predict"]
+    return [*lines,
+            f"- **Serving** (`make serve`, the champion, one base64 PNG per request): "
+            f"{load['clients']} concurrent clients x {load['requests'] // load['clients']} "
+            f"requests, **{load['errors']} errors**, p50 **{load['p50_ms']:.1f} ms**, p99 "
+            f"**{load['p99_ms']:.1f} ms**, {load['requests_per_s']:.0f} requests/s.",
+            f"- **imgclf-predict** on the test split exported as {predict['images']} PNGs: "
+            f"**{predict['images_per_s']:.0f} images/s** ({predict['seconds']:.1f} s, model "
+            f"loading included); accuracy against the folder names {predict['accuracy']:.4f}, "
+            f"the evaluate stage's {predict['evaluate_accuracy']:.4f}.", ""]
+
+
 def render(r: dict) -> str:
     m, p = r["machine"], r["pipeline"]
     lines = [
@@ -161,6 +177,7 @@ def render(r: dict) -> str:
     lines += ["", f"Goal for `mlp`: >= 5x. {_verdict(mlp >= GOALS['data_path_mlp'])}.", ""]
 
     lines += _folders(r.get("folders"))
+    lines += _serving(r.get("serving"))
     lines += _tracking(r["tracking"])
 
     noop = p["noop_repro"]

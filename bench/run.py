@@ -214,6 +214,7 @@ def make_project(workdir: Path, params: dict | None = None) -> dict[str, str]:
     if params is not None:
         (workdir / "params.yaml").write_text(json.dumps(params))
     shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data" / "images", workdir / "data" / "images")  # data.path's default
     env = user_env()
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run([*git, "init", "-q"], cwd=workdir, check=True)
@@ -360,7 +361,8 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-SECTIONS = ("pipeline", "timeline", "data_path", "folders", "tracking", "scaling", "pruning")
+SECTIONS = ("pipeline", "timeline", "data_path", "folders", "serving", "tracking", "scaling",
+            "pruning")
 OPTIONAL = ("preset",)  # long: only with --only (make bench-long)
 
 
@@ -391,6 +393,7 @@ def main() -> None:
         "timeline": lambda: accuracy_over_time(project, results["pipeline"]["before_train_s"]),
         "data_path": lambda: bench_data_path(data_dir, raw_dir, 10000, repeats),
         "folders": lambda: folders(workdir / "folders", repeats),
+        "serving": lambda: serving(project, workdir / "serving"),
         "tracking": lambda: bench_tracking(data_dir, 2, repeats + 2),  # small effect: more pairs
         "scaling": lambda: bench_scaling(data_dir),
         "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
@@ -404,6 +407,13 @@ def main() -> None:
         write_json(out, results)  # keep what is done so far
     write_text(ROOT / "BENCHMARKS.md", report(results))
     print(f"wrote {out} and BENCHMARKS.md")
+
+
+def serving(project: Path, workdir: Path) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from bench.serving import bench_serving
+
+    return bench_serving(project, workdir)
 
 
 def folders(workdir: Path, repeats: int) -> dict:
