@@ -79,9 +79,10 @@ def test_a_logged_model_answers_images_in_every_request_form(project, client, tm
     grey, rgb = photo((90, 90, 90), (40, 30), 1).convert("L"), photo((200, 30, 30), (20, 50), 2)
     answers = model.predict(pd.DataFrame({"image": [b64(grey), b64(rgb, "JPEG")]}))
     prep = ARCH.preprocessing()
-    expected = torch.softmax(network(torch.from_numpy(np.stack([
-        prep.pixels(base64.b64decode(b64(grey))),
-        prep.pixels(base64.b64decode(b64(rgb, "JPEG")))])).float() / 255), 1)
+    pixels = np.stack([prep.pixels(base64.b64decode(b64(grey))),
+                       prep.pixels(base64.b64decode(b64(rgb, "JPEG")))])
+    with torch.no_grad():
+        expected = torch.softmax(network(torch.from_numpy(pixels).float() / 255), 1)
     assert [a["class"] for a in answers] == [ARCH.classes[i] for i in expected.argmax(1)]
     assert answers[1]["probabilities"]["shirt/top"] == pytest.approx(float(expected[1, 2]),
                                                                      abs=1e-5)

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -44,8 +45,8 @@ class ImageClassifierModel(PythonModel):
         self.classifier = Classifier(program.module(),
                                      Preprocessing.from_config(context.model_config))
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        # no type hints: MLflow would read them as a schema; the signature is the schema
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> list[dict[str, Any]]:
         try:
             images = batch(model_input, self.classifier.preprocessing)
             return self.classifier.answers(self.classifier.probabilities(images))
