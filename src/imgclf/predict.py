@@ -25,6 +25,7 @@ import glob
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         raise UserError(f"no files in {' '.join(args.paths)}")
     source = args.model or settings_champion_uri(load_settings(args.params))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our bar only
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = load(source, device).classifier
     top_k = min(args.top_k, len(classifier.classes))

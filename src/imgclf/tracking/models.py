@@ -113,16 +113,19 @@ def local_copy(uri: str, folder: Path | None = None) -> Path:
 def _load_logged(uri: str, device: torch.device) -> LoadedModel:
     try:
         model = mlflow.pyfunc.load_model(str(local_copy(uri)))
-        wrapped = model.unwrap_python_model()
     except (MlflowException, OSError) as exc:
-        raise UserError(f"cannot load model {uri}: {one_line(exc)}. Check the name, version "
-                        "or alias (the MLflow UI's Models page lists them)") from None
+        raise UserError(f"cannot load model {uri}: {one_line(exc)}") from None
+    try:
+        wrapped = model.unwrap_python_model()
+    except MlflowException:
+        wrapped = None
     classifier = getattr(wrapped, "classifier", None)
     if not isinstance(classifier, Classifier):
-        raise UserError(f"{uri}: not an image classifier logged by the train stage (it carries "
-                        "no preprocessing); retrain it with dvc repro train")
+        raise UserError(f"{uri}: not an image classifier that carries its preprocessing (it "
+                        "was logged some other way, or by an earlier version of imgclf); use "
+                        "a version trained since (models:/<name>/<version>) or --model "
+                        "models/model.pt")
     if device.type != "cpu":
         classifier = Classifier(classifier.network.to(device),  # type: ignore[attr-defined]
                                 classifier.preprocessing, device)
     return LoadedModel(classifier, uri, Path(wrapped.weights))
-
