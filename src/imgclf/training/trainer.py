@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,8 @@ from imgclf.training.checkpoint import Architecture, load_training_state, save_t
 from imgclf.training.distributed import distributed
 from imgclf.training.engine import EpochStats, FitResult, fit, resolve_device, set_determinism
 from imgclf.training.transfer import Start, apply_start, freeze_backbone
+
+log = logging.getLogger(__name__)
 
 
 def architecture(recipe: TrainSettings, meta: Meta) -> Architecture:
@@ -45,7 +48,12 @@ def train(
     set_determinism(recipe.seed, recipe.threads, device)
     model = architecture(recipe, meta).build()
     if start is not None:
-        apply_start(model, start)
+        done = apply_start(model, start)
+        log.info("starting from %s: %d tensors loaded%s%s", start.source,
+                 done["init_tensors_loaded"],
+                 "; a new head for these classes" if done["init_head_replaced"] else "",
+                 f"; {done['init_reinitialised']} starts afresh"
+                 if done["init_reinitialised"] else "")
     if recipe.freeze == "backbone":
         freeze_backbone(model)
     if checkpoint is None:
