@@ -8,6 +8,7 @@ import pytest
 
 from imgclf import evaluate, train
 from imgclf.common.cli import run_stage
+from imgclf.common.stats import accuracy_interval
 
 from .conftest import EVALUATE_ARGS, TRAIN_ARGS, runs_of
 
@@ -32,6 +33,9 @@ def test_stage_writes_reports_and_logs(trained, project, client):
     assert len(rows) == 100 and set(rows[0]) == {"actual", "predicted"}
     correct = sum(r["actual"] == r["predicted"] for r in rows) / len(rows)
     assert correct == pytest.approx(metrics["test"]["accuracy"])
+    # its 95% interval: Wilson's, on the 100 test images
+    assert (metrics["test"]["accuracy_ci95_low"], metrics["test"]["accuracy_ci95_high"]) == \
+        pytest.approx(accuracy_interval(round(correct * 100), 100))
     assert (project / "reports/confusion.png").read_bytes()[:4] == b"\x89PNG"
 
     (run,) = runs_of(client, "evaluate")
@@ -40,6 +44,7 @@ def test_stage_writes_reports_and_logs(trained, project, client):
     assert run.data.tags["lineage.train"] == train_run.info.run_id
     assert run.data.metrics["test/accuracy"] == metrics["test"]["accuracy"]
     assert run.data.metrics["test/macro_f1"] == metrics["test"]["macro_f1"]
+    assert run.data.metrics["test/accuracy_ci95_high"] == metrics["test"]["accuracy_ci95_high"]
     assert run.data.metrics["test/recall/t-shirt_top"] == per_class["T-shirt/top"]["recall"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion.png", "per_class.json"} <= artifacts

@@ -108,4 +108,4 @@ def test_exported_samples_come_back_with_their_labels_and_accuracy(tmp_path, mod
     assert predicted == {f"{i:06d}.png": ARCH.classes[int(k)]
                          for i, k in enumerate(expected.argmax(1))}
     accuracy = sum(predicted[name] == truth[name] for name in truth) / 6
-    assert f"accuracy against the folder names: {accuracy:.4f} ± " in captured.err
+    assert f"accuracy against the folder names: {accuracy:.4f} (95% interval " in captured.err

@@ -23,6 +23,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_supp
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import atomic_open, write_json, write_text
 from imgclf.common.settings import load_settings
+from imgclf.common.stats import accuracy_interval
 from imgclf.data.splits import Split, load_split
 from imgclf.tracking.registry import register_model
 from imgclf.tracking.runs import StageRun, run_metrics, stage_run
@@ -43,10 +44,13 @@ class TestReport:
     precision: list[float]
     recall: list[float]
     predictions: torch.Tensor
+    accuracy_ci95: tuple[float, float] = (0.0, 1.0)  # Wilson interval
 
     def scores(self) -> dict[str, float]:
         """The headline metrics under their MLflow names."""
-        return {"test/accuracy": self.accuracy, "test/loss": self.loss,
+        low, high = self.accuracy_ci95
+        return {"test/accuracy": self.accuracy, "test/accuracy_ci95_low": low,
+                "test/accuracy_ci95_high": high, "test/loss": self.loss,
                 "test/macro_f1": self.macro_f1}
 
 
@@ -57,8 +61,10 @@ def evaluate(model: torch.nn.Module, test: Split, num_classes: int, batch_size: 
     precision, recall, f1, _ = precision_recall_fscore_support(
         test.labels.numpy(), scored.predictions.numpy(), labels=list(range(num_classes)),
         zero_division=0)
+    correct = int((scored.predictions == test.labels).sum())
     return TestReport(scored.loss, scored.accuracy, float(f1.mean()), precision.tolist(),
-                      recall.tolist(), scored.predictions)
+                      recall.tolist(), scored.predictions,
+                      accuracy_interval(correct, len(test)))
 
 
 def confusion_csv(labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]) -> str:

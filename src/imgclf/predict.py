@@ -24,7 +24,6 @@ import csv
 import glob
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -39,6 +38,7 @@ from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.errors import UserError
 from imgclf.common.files import atomic_open, write_text
 from imgclf.common.settings import load_settings
+from imgclf.common.stats import accuracy_interval
 from imgclf.data.images import BadImage, png_bytes
 from imgclf.data.splits import load_meta, load_split
 from imgclf.inference.classifier import Classifier
@@ -117,20 +117,17 @@ def rows_text(rows: list[dict[str, Any]], fmt: str, top_k: int) -> str:
 
 
 def folder_accuracy(rows: list[dict[str, Any]], classes: list[str]
-                    ) -> tuple[float, float, int] | None:
+                    ) -> tuple[float, tuple[float, float], int] | None:
     """Accuracy against the parent folders' names (as :func:`export_samples` writes them),
-    with its 95% Wilson interval's half-width, when every readable file sits in a folder
-    named after a class; else ``None``."""
+    with its 95% interval, when every readable file sits in a folder named after a class;
+    else ``None``."""
     by_folder = {safe_name(name): name for name in classes} | {name: name for name in classes}
     read = [row for row in rows if "class" in row]
     truth = [by_folder.get(Path(row["path"]).parent.name) for row in read]
     if not read or None in truth:
         return None
-    n = len(read)
-    p = sum(row["class"] == name for row, name in zip(read, truth, strict=True)) / n
-    z = 1.96
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, half, n
+    correct = sum(row["class"] == name for row, name in zip(read, truth, strict=True))
+    return correct / len(read), accuracy_interval(correct, len(read)), len(read)
 
 
 def export_samples(data: Path, split: str, out: Path) -> int:
@@ -215,9 +212,9 @@ def report(rows: list[dict[str, Any]], classes: list[str], source: str, output: 
           + (f"; {failed} could not be read (see the error column)" if failed else "")
           + (f"; rows in {output}" if output else ""), file=sys.stderr)
     if found := folder_accuracy(rows, classes):
-        accuracy, half, n = found
-        print(f"accuracy against the folder names: {accuracy:.4f} ± {half:.4f} "
-              f"(95% interval, {n} images)", file=sys.stderr)
+        accuracy, (low, high), n = found
+        print(f"accuracy against the folder names: {accuracy:.4f} (95% interval "
+              f"{low:.4f}-{high:.4f}, {n} images)", file=sys.stderr)
 
 
 def cli() -> NoReturn:
