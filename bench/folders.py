@@ -51,18 +51,22 @@ def _write_jpegs(job: tuple[Path, int, int]) -> None:
         Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
 
 
-def make_folder(folder: Path, n: int) -> Path:
-    """``n`` RGB JPEGs of sizes from 96 to 400 pixels a side, in ten class folders."""
-    if folder.is_dir() and sum(1 for _ in folder.rglob("*.jpg")) == n:
+def _generate(folder: Path, n: int, suffix: str, write, step: int) -> Path:
+    """``n`` files made by ``write((folder, start, count))`` in ten class folders, in
+    parallel; an existing folder of ``n`` such files is kept."""
+    if folder.is_dir() and sum(1 for _ in folder.rglob(f"*{suffix}")) == n:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     for label in range(CLASSES):
         (folder / f"class{label}").mkdir(parents=True)
-    step = 1000
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
-        pool.map(_write_jpegs, [(folder, start, min(step, n - start))
-                                for start in range(0, n, step)])
+        pool.map(write, [(folder, start, min(step, n - start)) for start in range(0, n, step)])
     return folder
+
+
+def make_folder(folder: Path, n: int) -> Path:
+    """``n`` RGB JPEGs of sizes from 96 to 400 pixels a side, in ten class folders."""
+    return _generate(folder, n, ".jpg", _write_jpegs, 1000)
 
 
 def _torchvision_folder(folder: Path, flip: bool = False):
@@ -208,23 +212,14 @@ def _write_pngs(job: tuple[Path, int, int]) -> None:
 
     folder, start, count = job
     for i in range(start, start + count):
-        label = i % CLASSES
-        pixels = np.full((8, 8), (label * 25 + i) % 256, dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"class{label}" / f"{i}.png")
+        pixels = np.zeros(64, dtype=np.uint8)
+        pixels[:4] = np.frombuffer(i.to_bytes(4, "big"), dtype=np.uint8)  # distinct files
+        Image.fromarray(pixels.reshape(8, 8)).save(folder / f"class{i % CLASSES}" / f"{i}.png")
 
 
 def many_files(folder: Path, n: int) -> Path:
     """``n`` distinct 8x8 PNGs in ten class folders."""
-    if folder.is_dir() and sum(1 for _ in folder.rglob("*.png")) == n:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    for label in range(CLASSES):
-        (folder / f"class{label}").mkdir(parents=True)
-    step = 5000
-    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
-        pool.map(_write_pngs, [(folder, start, min(step, n - start))
-                               for start in range(0, n, step)])
-    return folder
+    return _generate(folder, n, ".png", _write_pngs, 5000)
 
 
 def bench_unchanged_folder(workdir: Path, n_files: int = 100_000) -> dict:
