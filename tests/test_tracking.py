@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import load_settings
+from imgclf.tracking.models import load
 from imgclf.tracking.provenance import dvc_lock_hashes
 from imgclf.tracking.runs import StageRun, stage_run
 from imgclf.tracking.store import TrackingError, connect, tracking_uri
@@ -212,6 +213,8 @@ def test_pipeline_against_a_team_server_on_postgresql(processed, project, team_s
     # the registry lives on the server too, and its champion loads through it
     champion = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
     mlflow.set_tracking_uri(url)
-    model = mlflow.pytorch.load_model("models:/fashion-mnist-classifier@champion")
-    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    loaded = load("models:/fashion-mnist-classifier@champion")
+    probabilities = loaded.classifier.probabilities(torch.rand(2, 1, 28, 28))
+    assert probabilities.shape == (2, 10)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
     assert champion.tags["evaluate_run_id"] == runs["evaluate"].info.run_id

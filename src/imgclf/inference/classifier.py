@@ -119,7 +119,7 @@ class Classifier:
 
     def probabilities_of_pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """Class probabilities of uint8 images as :meth:`Preprocessing.pixels` makes them."""
-        return self.probabilities(torch.from_numpy(pixels).float().div_(255))
+        return self.probabilities(torch.from_numpy(pixels.astype(np.float32) / 255))
 
     def answers(self, probabilities: torch.Tensor) -> list[dict[str, Any]]:
         """Per image: the most likely ``class``, its ``probability``, and every class's
