@@ -221,7 +221,9 @@ TRAIN_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
               "--metrics", "reports/train_metrics.json", "--plots", "reports/train_history.csv"]
 EVALUATE_ARGS = ["--data", "data/processed", "--model", "models/model.pt",
                  "--metrics", "reports/metrics.json", "--per-class", "reports/per_class.json",
-                 "--confusion", "reports/confusion.csv", "--confusion-png", "reports/confusion.png"]
+                 "--confusion", "reports/confusion.csv", "--confusion-png", "reports/confusion.png",
+                 "--calibration-png", "reports/calibration.png",
+                 "--predictions", "reports/predictions.csv"]
 
 
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -1,92 +1,49 @@
-"""Stage 5: score the trained model on the held-out test split.
+"""Stage 5: score the trained model on the validation and test splits, and register it.
 
     python -m imgclf.evaluate --params params.yaml --data data/processed \\
         --model models/model.pt --metrics reports/metrics.json \\
         --per-class reports/per_class.json --confusion reports/confusion.csv \\
-        --confusion-png reports/confusion.png
+        --confusion-png reports/confusion.png --calibration-png reports/calibration.png \\
+        --predictions reports/predictions.csv
+
+Every score comes with its 95% interval. The registry's ``champion`` alias moves to the new
+version only when it beats the champion on ``evaluate.champion_metric`` (validation accuracy
+by default), both scored on the same images, and a paired test says the gain is real.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support
 
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import atomic_open, write_json, write_text
-from imgclf.common.settings import load_settings
-from imgclf.common.stats import accuracy_interval
-from imgclf.data.splits import Split, load_split
-from imgclf.tracking.registry import register_model
+from imgclf.common.settings import EvaluateSettings, load_settings
+from imgclf.data.splits import Split, load_split, split_digest
+from imgclf.evaluation.figures import confusion_csv, confusion_figure, reliability_figure
+from imgclf.evaluation.predictions import to_csv
+from imgclf.evaluation.scores import Predictions, SplitReport, predict
+from imgclf.evaluation.selection import DIGEST_TAG, Decision, decide, split_of
+from imgclf.tracking.models import load
+from imgclf.tracking.registry import register_model, version_uri
 from imgclf.tracking.runs import StageRun, run_metrics, stage_run
 from imgclf.training.checkpoint import load_model
-from imgclf.training.engine import score
 
-# the train run's validation numbers that the pipeline run shows beside the test scores
+SPLITS = ("val", "test")
+# the train run's validation numbers that the pipeline run shows beside evaluate's
 VALIDATION = ("val/best_accuracy", "val/kept_accuracy")
 
 
-@dataclass(frozen=True)
-class TestReport:
-    """Test-set scores of one model."""
-
-    loss: float
-    accuracy: float
-    macro_f1: float
-    precision: list[float]
-    recall: list[float]
-    predictions: torch.Tensor
-    accuracy_ci95: tuple[float, float] = (0.0, 1.0)  # Wilson interval
-
-    def scores(self) -> dict[str, float]:
-        """The headline metrics under their MLflow names."""
-        low, high = self.accuracy_ci95
-        return {"test/accuracy": self.accuracy, "test/accuracy_ci95_low": low,
-                "test/accuracy_ci95_high": high, "test/loss": self.loss,
-                "test/macro_f1": self.macro_f1}
-
-
-def evaluate(model: torch.nn.Module, test: Split, num_classes: int, batch_size: int
-             ) -> TestReport:
-    """Loss, accuracy, macro F1 and per-class precision/recall of ``model`` on ``test``."""
-    scored = score(model, test, batch_size)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        test.labels.numpy(), scored.predictions.numpy(), labels=list(range(num_classes)),
-        zero_division=0)
-    correct = int((scored.predictions == test.labels).sum())
-    return TestReport(scored.loss, scored.accuracy, float(f1.mean()), precision.tolist(),
-                      recall.tolist(), scored.predictions,
-                      accuracy_interval(correct, len(test)))
-
-
-def confusion_csv(labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]) -> str:
-    """One ``actual,predicted`` row per image: the input of DVC's confusion-matrix template."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((classes[a], classes[p])
-                     for a, p in zip(labels.tolist(), predictions.tolist(), strict=True))
-    return out.getvalue()
-
-
-def confusion_figure(labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]
-                     ) -> Figure:
-    size = max(5.0, 0.6 * len(classes))
-    figure = Figure(figsize=(size, size))
-    ax = figure.subplots()
-    ConfusionMatrixDisplay.from_predictions(
-        labels.numpy(), predictions.numpy(), labels=list(range(len(classes))),
-        display_labels=classes, ax=ax, colorbar=False, xticks_rotation=45)
-    figure.tight_layout()
-    return figure
+def evaluate(network: Callable[[torch.Tensor], torch.Tensor], split: Split, name: str,
+             classes: list[str], batch_size: int) -> SplitReport:
+    """``network``'s scores on ``split`` (called ``name``: ``val`` or ``test``)."""
+    predictions, loss = predict(network, split, batch_size)
+    return SplitReport(name, predictions, loss, classes)
 
 
 def metric_key(name: str) -> str:
@@ -94,19 +51,49 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9a-z_.-]+", "_", name.lower())
 
 
-def register(name: str, info: dict[str, Any], scores: dict[str, float], metric: str,
-             run: StageRun) -> dict[str, Any]:
-    """Register the trained model; return what the metrics file records about it."""
-    registered = register_model(
-        name, info["mlflow_model_uri"], scores, metric,
-        tags={"data_version": info.get("data_version", ""),
-              "git_commit": run.tags.get("git_commit", ""),
-              "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id})
+def champion_predictions(name: str, version: str, split: Split, batch_size: int
+                         ) -> Predictions:
+    """Registered ``version``'s predictions on ``split`` (loaded from a copy of the model)."""
+    classifier = load(version_uri(name, version)).classifier
+    return predict(classifier.network, split, batch_size)[0]
+
+
+def register(name: str, info: dict[str, Any], reports: Mapping[str, SplitReport],
+             settings: EvaluateSettings, run: StageRun, data: Path) -> dict[str, Any]:
+    """Register the trained model, and let the paired test decide whether it becomes the
+    champion; return what the metrics file records about it."""
+    metric, split = settings.champion_metric, split_of(settings.champion_metric)
+    digests = {name_: split_digest(data, name_) for name_ in reports}
+    made: list[Decision] = []
+
+    def choose(champion: tuple[str, dict[str, str]] | None, version: str
+               ) -> tuple[bool, dict[str, str]]:
+        decision = decide(metric, settings.champion_alpha, reports[split].predictions,
+                          digests[split], champion, version,
+                          lambda: champion_predictions(name, champion[0],  # type: ignore[index]
+                                                       load_split(data, split),
+                                                       settings.batch_size),
+                          len(reports[split].classes))
+        made.append(decision)
+        return decision.moves, decision.tags(champion[0] if champion else None)
+
+    scores = {k: f"{v:.6g}" for report in reports.values() for k, v in report.scores().items()}
+    registered = register_model(name, info["mlflow_model_uri"], {
+        **scores, **{DIGEST_TAG.format(split=s): d for s, d in digests.items()},
+        "data_version": info.get("data_version", ""),
+        "git_commit": run.tags.get("git_commit", ""),
+        "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id}, choose)
+    decision = made[-1]
     run.set_tags({"registered_model": name, "model_version": registered.version,
-                  "champion": str(registered.champion).lower()})
+                  "champion": str(registered.champion).lower(), **decision.tags(None)})
+    if decision.test is not None:
+        run.log_metrics({"champion/p_value": decision.test.p_value,
+                         "champion/delta": decision.test.delta})
     print(f"registered {name} version {registered.version}"
-          + (" (champion)" if registered.champion else ""))
-    return {"model_version": int(registered.version), "champion": registered.champion}
+          + (" (champion)" if registered.champion else "") + f": {decision.reason}")
+    return {"model_version": int(registered.version), "champion": registered.champion,
+            "champion_decision": decision.outcome,
+            **({"champion_p_value": decision.test.p_value} if decision.test else {})}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,50 +104,72 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-class", type=Path, required=True, help="output per-class JSON")
     parser.add_argument("--confusion", type=Path, required=True, help="output DVC plot data")
     parser.add_argument("--confusion-png", type=Path, required=True, help="output image")
+    parser.add_argument("--calibration-png", type=Path, required=True,
+                        help="output reliability diagram")
+    parser.add_argument("--predictions", type=Path, required=True,
+                        help="output per-image predictions (CSV)")
     return parser.parse_args(argv)
 
 
-def write_reports(args: argparse.Namespace, run: StageRun, test: Split, report: TestReport,
-                  classes: list[str]) -> None:
-    """Log and write the per-class scores and the confusion matrix (CSV for DVC, PNG)."""
-    per_class = {name: {"precision": p, "recall": r}
-                 for name, p, r in zip(classes, report.precision, report.recall, strict=True)}
-    run.log_metrics({**report.scores(), **{f"test/{kind}/{metric_key(name)}": value
-                                           for name, values in per_class.items()
-                                           for kind, value in values.items()}})
-    figure = confusion_figure(test.labels, report.predictions, classes)
-    with atomic_open(args.confusion_png, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    run.log_artifact(args.confusion_png)
+def write_reports(args: argparse.Namespace, run: StageRun, reports: Mapping[str, SplitReport]
+                  ) -> None:
+    """Log and write the scores, per-class scores, confusion matrix (CSV for DVC, PNG),
+    reliability diagram and per-image predictions."""
+    test = reports["test"]
+    per_class = test.per_class()
+    run.log_metrics({**{k: v for r in reports.values() for k, v in r.scores().items()},
+                     **{f"test/{kind}/{metric_key(name)}": values[kind]
+                        for name, values in per_class.items() for kind in ("precision", "recall")}})
+    labels, predicted = test.predictions.labels, test.predictions.predicted
+    for path, figure in ((args.confusion_png, confusion_figure(labels, predicted, test.classes)),
+                         (args.calibration_png, reliability_figure(
+                             {name: r.calibration for name, r in reports.items()}))):
+        with atomic_open(path, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=100)
+        run.log_artifact(path)
     run.log_dict(per_class, "per_class.json")
-    write_text(args.confusion, confusion_csv(test.labels, report.predictions, classes))
+    write_text(args.confusion, confusion_csv(labels, predicted, test.classes))
     write_json(args.per_class, per_class)
+    write_text(args.predictions, to_csv({n: r.predictions for n, r in reports.items()},
+                                        test.classes))
+    run.log_artifact(args.predictions)
+
+
+def summary_line(report: SplitReport) -> str:
+    scores = report.scores()
+    return (f"{report.split} accuracy {report.accuracy:.4f} (95% CI "
+            f"{scores[report.split + '/accuracy_ci95_low']:.4f}-"
+            f"{scores[report.split + '/accuracy_ci95_high']:.4f}), macro F1 "
+            f"{report.macro_f1:.4f}, ECE {report.calibration.ece:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_settings(args.params)
     model, arch, info = load_model(args.model)
-    test = load_split(args.data, "test")
+    splits = {name: load_split(args.data, name) for name in SPLITS}
 
     with stage_run("evaluate", settings, upstream=info.get("lineage"),
                    data_version=info.get("data_version"), deps=[args.data, args.model]) as run:
-        report = evaluate(model, test, len(arch.classes), settings.evaluate.batch_size)
-        scores = report.scores()
-        write_reports(args, run, test, report, arch.classes)
-        # the pipeline run shows validation and test side by side
+        reports = {name: evaluate(model, split, name, arch.classes, settings.evaluate.batch_size)
+                   for name, split in splits.items()}
+        write_reports(args, run, reports)
+        scores = {k: v for report in reports.values() for k, v in report.scores().items()}
+        # the pipeline run shows the train stage's validation numbers beside these
         validation = run_metrics(info.get("mlflow_run_id", ""))
         run.log_to_pipeline(metrics={**scores, **{k: v for k, v in validation.items()
                                                   if k in VALIDATION}})
         summary: dict[str, Any] = {
-            "test": {key.removeprefix("test/"): value for key, value in scores.items()},
-            "mlflow_run_id": run.run_id}
+            split: {key.removeprefix(f"{split}/"): value for key, value in scores.items()
+                    if key.startswith(f"{split}/")} for split in SPLITS}
+        summary["mlflow_run_id"] = run.run_id
         name = settings.evaluate.model_name(settings.data.dataset)
         if name and "mlflow_model_uri" in info:  # a model the train stage logged to MLflow
-            summary |= register(name, info, scores, settings.evaluate.champion_metric, run)
+            summary |= register(name, info, reports, settings.evaluate, run, args.data)
         write_json(args.metrics, summary)
-        print(f"test accuracy {report.accuracy:.4f}, loss {report.loss:.4f}, "
-              f"macro F1 {report.macro_f1:.4f} (MLflow run {run.run_id})")
+        for report in reports.values():
+            print(summary_line(report))
+        print(f"MLflow run {run.run_id}")
     return 0
 
 

@@ -218,7 +218,8 @@ class EvaluateSettings(_Section):
 
     batch_size: int = Field(ge=1, le=65536)
     registered_model: str | None = Field(pattern=r"^[A-Za-z0-9{][A-Za-z0-9_.{}-]{0,199}$")
-    champion_metric: Literal["test/accuracy", "test/macro_f1", "test/loss"]
+    champion_metric: Literal["val/accuracy", "val/macro_f1", "test/accuracy", "test/macro_f1"]
+    champion_alpha: Finite = Field(gt=0, le=1)
 
     def model_name(self, dataset: str) -> str | None:
         """``registered_model`` with ``{dataset}`` filled in (``None``: do not register)."""

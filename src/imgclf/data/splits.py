@@ -8,6 +8,7 @@ A split is one array of images (N x C x H x W, uint8) and one of labels. On disk
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,6 +149,16 @@ def load_split(folder: Path, name: str) -> Split:
             or labels.dtype.kind not in "iu" or len(labels) != len(mapped.array)):
         raise UserError(f"{folder}/{name}-*.npy: not a preprocessed split; rerun preprocess")
     return Split(torch.from_numpy(mapped.array), torch.from_numpy(labels).long(), mapped)
+
+
+def split_digest(folder: Path, name: str) -> str:
+    """A short content hash of one split's images and labels: two models scored on splits
+    with the same digest were scored on the same images, in the same order."""
+    digest = hashlib.sha256()
+    for path in _paths(folder, name):
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def load_meta(folder: Path) -> Meta:

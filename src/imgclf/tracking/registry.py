@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +27,21 @@ class Registration:
     champion: bool
 
 
+# given the current champion (version and tags, or None) and the new version: whether the
+# alias moves to the new version, and tags recording why
+Chooser = Callable[[tuple[str, dict[str, str]] | None, str], tuple[bool, Mapping[str, str]]]
+
+
 def register_model(
     name: str,
     model_uri: str,
-    scores: Mapping[str, float],
-    metric: str,
     tags: Mapping[str, str],
+    choose: Chooser,
     root: Path | None = None,
 ) -> Registration:
-    """Register ``model_uri`` as a version of ``name``; move ``champion`` to it if it wins.
+    """Register ``model_uri`` as a version of ``name`` with ``tags``; move ``champion`` to it
+    when ``choose`` says so, and tag the version with the decision.
 
-    The model's test ``scores`` become version tags. The ``champion`` alias moves only when
-    the new version beats the current champion on ``metric`` (lower is better for a loss).
     Registering the same model again reuses its version.
     """
     client = MlflowClient()
@@ -51,26 +54,28 @@ def register_model(
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, description=DESCRIPTION)
         version = str(found.version)
-        for key, value in {**tags, **{k: str(v) for k, v in scores.items()}}.items():
+        for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-        champion = _champion_after(client, name, version, scores[metric], metric)
-    return Registration(name, version, champion == version)
+        moves, decision = choose(current_champion(name, client), version)
+        for key, value in decision.items():
+            client.set_model_version_tag(name, version, key, value)
+        if moves:
+            client.set_registered_model_alias(name, CHAMPION, version)
+    return Registration(name, version, moves)
 
 
-def _champion_after(client: MlflowClient, name: str, version: str, score: float,
-                    metric: str) -> str | None:
-    """Move the alias to ``version`` if its ``score`` beats the champion's; return the
-    champion's version afterwards."""
+def current_champion(name: str, client: MlflowClient | None = None
+                     ) -> tuple[str, dict[str, str]] | None:
+    """The champion's version and its tags; ``None`` when there is no champion."""
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-        champion, best = str(current.version), float(current.tags[metric])
-    except (MlflowException, KeyError, ValueError):
-        champion, best = None, None
-    better = best is None or (score < best if metric.endswith("loss") else score > best)
-    if better:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return version
-    return champion
+        found = (client or MlflowClient()).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return str(found.version), dict(found.tags)
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
 
 
 def champion_uri(name: str) -> str:

@@ -1,0 +1,1 @@
+"""Scoring a trained model: intervals, calibration, paired comparisons, the champion."""
