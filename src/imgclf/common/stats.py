@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_ind
 from scipy.stats import t as student_t
 
 CONFIDENCE = 0.95
@@ -155,11 +155,11 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
     correct = probabilities.argmax(axis=1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     count = np.bincount(which, minlength=bins)
-    mean_confidence = np.bincount(which, confidence, bins)
-    mean_accuracy = np.bincount(which, correct.astype(float), bins)
     used = count > 0
-    mean_confidence[used] /= count[used]
-    mean_accuracy[used] /= count[used]
+    mean_confidence = np.divide(np.bincount(which, confidence, bins), count,
+                                out=np.zeros(bins), where=used)
+    mean_accuracy = np.divide(np.bincount(which, correct.astype(float), bins), count,
+                              out=np.zeros(bins), where=used)
     ece = float((count * np.abs(mean_confidence - mean_accuracy)).sum() / max(len(labels), 1))
     return Calibration(ece, mean_confidence[used].tolist(), mean_accuracy[used].tolist(),
                        count[used].tolist(), (np.arange(bins)[used] / bins).tolist())
@@ -199,3 +199,11 @@ def spread(values: Sequence[float], confidence: float = CONFIDENCE) -> Spread:
     std = float(array.std(ddof=1))
     half = float(student_t.ppf((1 + confidence) / 2, len(array) - 1) * std / np.sqrt(len(array)))
     return Spread(mean, std, mean - half, mean + half, len(array))
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's t-test that two groups of runs have the same mean (1 when
+    either group has fewer than two runs or neither varies)."""
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return 1.0 if np.mean(a) == np.mean(b) or len(a) < 2 or len(b) < 2 else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
