@@ -10,7 +10,7 @@ import pytest
 from .conftest import PACKAGE
 
 STAGES = ("download", "preprocess", "tune", "train", "evaluate")
-TOOLS = ("serve", "compare", "presets", "predict")
+TOOLS = ("serve", "compare", "presets", "predict", "report")
 MAX_FUNCTION_LINES = 60
 
 
@@ -34,7 +34,7 @@ def test_the_top_level_holds_only_the_commands():
     top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
     assert top == {*STAGES, *TOOLS}
     assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == {
-        "common", "data", "inference", "training", "tuning", "tracking"}
+        "common", "data", "evaluation", "inference", "training", "tuning", "tracking"}
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import load_settings
 from imgclf.tracking.models import load
-from imgclf.tracking.provenance import dvc_lock_hashes
+from imgclf.tracking.provenance import dvc_lock_hashes, seed_group
 from imgclf.tracking.runs import StageRun, stage_run
 from imgclf.tracking.store import TrackingError, connect, tracking_uri
 
@@ -69,6 +69,18 @@ def test_run_tags_name_stage_dataset_and_commit(project, client, monkeypatch):
     assert tags["dvc_exp_name"] == "brisk-lamb"
     logged = client.get_run(run_id).data.params
     assert logged["evaluate.batch_size"] == str(settings.evaluate.batch_size)
+    assert tags["seed_group"] == seed_group(settings)
+
+
+def test_runs_that_differ_only_in_the_seed_share_a_seed_group(project, set_params):
+    def group(**overrides) -> str:
+        return seed_group(load_settings(set_params(**overrides)))
+
+    base = group(train__seed=0)
+    assert group(train__seed=1) == base
+    assert group(train__seed=0, tracking__experiment="other") == base
+    assert group(train__seed=0, train__lr=0.02) != base
+    assert group(train__seed=0, data__dataset="mnist") != base
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(project, monkeypatch):

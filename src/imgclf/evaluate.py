@@ -59,17 +59,17 @@ def champion_predictions(name: str, version: str, split: Split, batch_size: int
 
 
 def register(name: str, info: dict[str, Any], reports: Mapping[str, SplitReport],
-             settings: EvaluateSettings, run: StageRun, data: Path) -> dict[str, Any]:
+             settings: EvaluateSettings, run: StageRun, data: Path, digests: dict[str, str]
+             ) -> dict[str, Any]:
     """Register the trained model, and let the paired test decide whether it becomes the
     champion; return what the metrics file records about it."""
     metric, split = settings.champion_metric, split_of(settings.champion_metric)
-    digests = {name_: split_digest(data, name_) for name_ in reports}
     made: list[Decision] = []
 
     def choose(champion: tuple[str, dict[str, str]] | None, version: str
                ) -> tuple[bool, dict[str, str]]:
         decision = decide(metric, settings.champion_alpha, reports[split].predictions,
-                          digests[split], champion, version,
+                          digests[DIGEST_TAG.format(split=split)], champion, version,
                           lambda: champion_predictions(name, champion[0],  # type: ignore[index]
                                                        load_split(data, split),
                                                        settings.batch_size),
@@ -79,7 +79,7 @@ def register(name: str, info: dict[str, Any], reports: Mapping[str, SplitReport]
 
     scores = {k: f"{v:.6g}" for report in reports.values() for k, v in report.scores().items()}
     registered = register_model(name, info["mlflow_model_uri"], {
-        **scores, **{DIGEST_TAG.format(split=s): d for s, d in digests.items()},
+        **scores, **digests,
         "data_version": info.get("data_version", ""),
         "git_commit": run.tags.get("git_commit", ""),
         "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id}, choose)
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         reports = {name: evaluate(model, split, name, arch.classes, settings.evaluate.batch_size)
                    for name, split in splits.items()}
         write_reports(args, run, reports)
+        # which images were scored: runs with equal digests can be compared image by image
+        digests = {DIGEST_TAG.format(split=s): split_digest(args.data, s) for s in SPLITS}
+        run.set_tags(digests)
         scores = {k: v for report in reports.values() for k, v in report.scores().items()}
         # the pipeline run shows the train stage's validation numbers beside these
         validation = run_metrics(info.get("mlflow_run_id", ""))
@@ -163,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             split: {key.removeprefix(f"{split}/"): value for key, value in scores.items()
                     if key.startswith(f"{split}/")} for split in SPLITS}
         summary["mlflow_run_id"] = run.run_id
+        summary["digests"] = {split: digests[DIGEST_TAG.format(split=split)] for split in SPLITS}
         name = settings.evaluate.model_name(settings.data.dataset)
         if name and "mlflow_model_uri" in info:  # a model the train stage logged to MLflow
-            summary |= register(name, info, reports, settings.evaluate, run, args.data)
+            summary |= register(name, info, reports, settings.evaluate, run, args.data,
+                                digests)
         write_json(args.metrics, summary)
         for report in reports.values():
             print(summary_line(report))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Sequence
@@ -38,6 +40,18 @@ def run_tags(stage: str, settings: Settings) -> dict[str, str]:
         if value := os.environ.get(env):
             tags[tag] = value
     return tags
+
+
+def seed_group(settings: Settings) -> str:
+    """The recipe without its seed: runs whose params differ only in ``train.seed`` share it.
+
+    A short hash of every param except ``train.seed`` and the ``tracking`` section.
+    """
+    params = settings.model_dump(mode="json")
+    params.pop("tracking")
+    params["train"].pop("seed")
+    text = json.dumps(params, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def dvc_process() -> psutil.Process | None:

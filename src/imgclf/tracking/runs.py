@@ -25,7 +25,13 @@ from imgclf.common.errors import Terminated
 from imgclf.common.processes import process_id, start_time
 from imgclf.common.settings import Settings
 from imgclf.tracking.orphans import close_orphaned_runs, error_tag
-from imgclf.tracking.provenance import PROCESS_TAG, dvc_lock_hashes, dvc_process, run_tags
+from imgclf.tracking.provenance import (
+    PROCESS_TAG,
+    dvc_lock_hashes,
+    dvc_process,
+    run_tags,
+    seed_group,
+)
 from imgclf.tracking.store import connect
 
 # Which params.yaml sections each stage logs as MLflow params ("train.lr", ...), the same
@@ -113,7 +119,8 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
         run_id = str(found[0].info.run_id)
         client.update_run(run_id, status="RUNNING")
         return run_id
-    tags = run_tags("pipeline", settings) | {"pipeline_key": key, PROCESS_TAG: process_id(proc)}
+    tags = run_tags("pipeline", settings) | {"pipeline_key": key, PROCESS_TAG: process_id(proc),
+                                             "seed_group": seed_group(settings)}
     name = f"pipeline {tags['dvc_exp_name']}" if "dvc_exp_name" in tags else "pipeline"
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[
@@ -175,7 +182,9 @@ def stage_run(
     client = MlflowClient()
     close_orphaned_runs(client, experiment_id)
     parent = _pipeline_run(client, experiment_id, declared or settings)
-    tags = _stage_tags(stage, settings, upstream, data_version, deps)
+    # the train stage runs with tuned values: its group is that of params.yaml as written
+    tags = _stage_tags(stage, settings, upstream, data_version, deps) | {
+        "seed_group": seed_group(declared or settings)}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
                            tags=tags)
     if parent:
@@ -248,5 +257,6 @@ def pipeline_runs(experiment: str, limit: int) -> list[dict[str, Any]]:
                                       order_by=["attributes.start_time DESC"],
                                       max_results=limit)
     return [{"run_id": run.info.run_id, "experiment": run.data.tags.get("dvc_exp_name"),
-             "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+             "params": dict(run.data.params), "metrics": dict(run.data.metrics),
+             "tags": dict(run.data.tags)}
             for run in runs]
