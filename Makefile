@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro exp test test-fast lint bench bench-long ui server serve compare clean
+.PHONY: help setup data run repro exp seeds report test test-fast lint bench bench-long ui server serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,18 @@ repro: ## rerun what changed (dvc repro)
 exp: setup ## one DVC experiment with a preset's values: make exp PRESET=long (presets/)
 	@test -n "$(PRESET)" || { echo "set PRESET=name, one of: $$(ls presets | sed 's/\.yaml$$//')"; exit 2; }
 	@args=$$($(BIN)/python -m imgclf.presets "$(PRESET)") && eval '$(BIN)/dvc exp run' "$$args"
+
+# `make seeds N=5`: N seeds of one recipe (3 unless N is given). They form one seed group.
+SEEDS = $(if $(filter command line environment,$(origin N)),$(N),3)
+
+seeds: setup data ## the recipe under seeds 0..N-1 (N=3): one DVC experiment each, workspace untouched
+	@for seed in $$(seq 0 $$(($(SEEDS) - 1))); do \
+	  echo "--- train.seed=$$seed"; $(BIN)/dvc exp run --temp -S train.seed=$$seed || exit $$?; \
+	done
+	$(BIN)/imgclf-compare -n $$(( $(SEEDS) > 10 ? $(SEEDS) : 10 ))
+
+report: setup ## what changed and whether it is real: BASE= (HEAD) against HEAD= (workspace)
+	$(BIN)/imgclf-report --base "$(or $(BASE),HEAD)" --head "$(or $(HEAD),workspace)"
 
 # Test files run in parallel (TEST_WORKERS processes), each file's tests in one process.
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

@@ -6,6 +6,7 @@ import ast
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,7 +142,7 @@ EDITED = {"src/imgclf/tracking/registry.py": {"evaluate"},
           "src/imgclf/tuning/studies.py": {"tune"},
           "src/imgclf/common/settings.py": {"download", "preprocess", "tune", "train",
                                             "evaluate"}}
-PIPELINE_RUNS = 6  # repro, the three experiments, the two queued ones
+PIPELINE_RUNS = 7  # repro, the four experiments, the two queued ones
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
         session.edit(path)
     git(session.repo, "add", "-A")
     git(session.repo, "commit", "-qm", "first run")
+    # the committed recipe under another seed, beside the workspace (which it leaves alone)
+    session.run("seed", "exp", "run", "--temp", "-S", "train.seed=1")
     session.run("epochs", "exp", "run", "-S", "train.epochs=3")
     session.run("lr", "exp", "run", "-S", "train.lr=0.05")
     # raising n_trials resumes the lr=0.05 study of step "lr"
@@ -200,7 +203,8 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
     processed = next(o for o in lock["preprocess"]["outs"] if o["path"] == "data/processed")
     assert train_run.data.tags["dvc.md5/data/processed"] == processed["md5"]
     # every stage's metrics file names the MLflow run that wrote it (the latest of its stage)
-    queued = {r.info.run_id for r in history.runs("queue")}  # never applied to the workspace
+    # experiments run in temporary folders are never applied to the workspace
+    queued = {r.info.run_id for step in ("queue", "seed") for r in history.runs(step)}
     latest = {r.data.tags["stage"]: r.info.run_id for r in all_runs(repo)
               if r.info.run_id not in queued}
     for stage, name in (("download", "download_metrics"), ("preprocess", "preprocess_metrics"),
@@ -315,18 +319,73 @@ def test_plots_render_curves_and_confusion_matrix(history):
 
 
 @pytest.mark.slow
-def test_registry_champion_is_the_best_evaluated_model(history):
+def test_registry_champion_moved_only_for_significant_gains_on_validation(history):
     mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
     client = MlflowClient()
-    versions = client.search_model_versions("name = 'fashion-mnist-classifier'")
+    versions = sorted(client.search_model_versions("name = 'fashion-mnist-classifier'"),
+                      key=lambda v: int(v.version))
     trained = [r for r in all_runs(history.repo) if r.data.tags["stage"] == "train"]
     assert len(versions) == len(trained)  # one per trained model
-    champion = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
-    best = max(float(v.tags["test/accuracy"]) for v in versions)
-    assert float(champion.tags["test/accuracy"]) == best
+    assert versions[0].tags["champion_decision"] == "first"
+    champion = versions[0]
+    for version in versions[1:]:
+        decision = version.tags["champion_decision"]
+        assert decision in ("moved", "kept"), version.tags["champion_reason"]
+        assert version.tags["champion_compared_with"] == str(champion.version)
+        p_value = float(version.tags["champion_p_value"])
+        better = float(version.tags["val/accuracy"]) > float(champion.tags["val/accuracy"])
+        assert (decision == "moved") == (better and p_value < 0.05)
+        if decision == "moved":
+            champion = version
+    alias = client.get_model_version_by_alias("fashion-mnist-classifier", "champion")
+    assert str(alias.version) == str(champion.version)
     for version in versions:
-        assert {"data_version", "git_commit", "train_run_id", "test/macro_f1"} <= set(
-            version.tags)
+        assert {"data_version", "git_commit", "train_run_id", "test/accuracy", "val_digest",
+                "test_digest", "test/macro_f1"} <= set(version.tags)
+
+
+def report_of(repo: Path, base: str, head: str) -> str:
+    subprocess.run([str(Path(sys.executable).parent / "imgclf-report"), "--base", base,
+                    "--head", head], cwd=repo, capture_output=True, text=True, check=True,
+                   env={k: v for k, v in os.environ.items() if k != "DVC_ROOT"})
+    return (repo / "reports/report.md").read_text()
+
+
+def report_row(text: str, score: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith(f"| {score} |")]
+    return line
+
+
+@pytest.mark.slow
+def test_another_seed_is_not_significantly_different_and_keeps_the_champion(history):
+    (first,), (other,) = history.runs("repro", "pipeline"), history.runs("seed", "pipeline")
+    assert other.data.tags["seed_group"] == first.data.tags["seed_group"]
+    (evaluated,) = history.runs("seed", "evaluate")
+    assert evaluated.data.tags["champion_decision"] == "kept"
+    assert evaluated.data.metrics["champion/p_value"] >= 0.05
+    # the committed result (its predictions from the DVC cache) against the experiment's
+    text = report_of(history.repo, "HEAD", other.data.tags["dvc_exp_name"])
+    assert "| train.seed | 0 | 1 |" in text
+    for score in ("test/accuracy", "val/accuracy", "test/macro_f1"):
+        assert ", not significant: only the seed differs" in report_row(text, score)
+    assert "Both are runs of one recipe (seed group" in text
+    assert re.search(r"right → wrong: [1-9]\d* images", text)  # some flip either way
+    assert re.search(r"wrong → right: [1-9]\d* images", text)
+    mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
+    logged = {a.path for a in MlflowClient().list_artifacts(other.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= logged
+
+
+@pytest.mark.slow
+def test_report_of_a_longer_training_against_the_workspace_by_run_id(history):
+    (longer,) = history.runs("epochs", "pipeline")
+    (first,) = history.runs("repro", "pipeline")
+    text = report_of(history.repo, first.info.run_id, longer.info.run_id)
+    assert "| train.epochs | 2 | 3 |" in text
+    assert re.search(r"points, 95% CI \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\], "
+                     r"(not )?significant \(p [=<] ", report_row(text, "test/accuracy"))
+    page = (history.repo / "reports/report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3
 
 
 def free_port() -> int:
@@ -499,3 +558,7 @@ def test_compare_prints_a_leaderboard(history):
     for run in history.runs("epochs", "pipeline") + history.runs("lr", "pipeline"):
         assert run.info.run_id in out
         assert run.data.tags["dvc_exp_name"] in out
+    # the first run and its other seed are one row: their mean ± sd
+    (first,) = history.runs("repro", "pipeline")
+    assert f"seed group {first.data.tags['seed_group']}" in out
+    assert "(n=2)" in out

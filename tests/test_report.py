@@ -68,7 +68,8 @@ def test_report_of_another_seed_calls_the_difference_not_significant(
     text = (project / "reports/report.md").read_text()
     assert "| train.seed | 0 | 1 |" in text
     for score in ("test/accuracy", "val/accuracy"):
-        assert ", not significant (p = " in row(text, score)
+        assert ", not significant: only the seed differs (these two models alone: p = " \
+            in row(text, score)
     assert "Both are runs of one recipe (seed group " in text
     assert "over its 2 seeds, test accuracy is " in text
 

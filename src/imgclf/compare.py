@@ -1,6 +1,6 @@
 """Leaderboard of the latest pipeline runs, for people who live in the terminal.
 
-    imgclf-compare [-n 10] [--sort test/accuracy]
+    imgclf-compare [-n 10] [--sort val/accuracy]
 
 One row per ``dvc repro`` / ``dvc exp run``, or per seed group: runs whose params differ only
 in ``train.seed`` count as one row with their mean ± standard deviation and the 95% interval
@@ -128,8 +128,8 @@ def load_predictions(found: list[Entry], split: str, folder: Path,
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("-n", "--last", type=int, default=10, help="how many pipeline runs")
-    parser.add_argument("--sort", default="test/accuracy", choices=SORTS,
-                        help="the score to rank and test by")
+    parser.add_argument("--sort", default="val/accuracy", choices=SORTS,
+                        help="the score to rank and test by (choose on validation)")
     args = parser.parse_args(argv)
 
     settings = load_settings(args.params)

@@ -16,6 +16,7 @@ import json
 import subprocess
 import tempfile
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ from imgclf.data.splits import load_split, split_digest
 from imgclf.evaluation.document import write
 from imgclf.evaluation.predictions import from_csv
 from imgclf.evaluation.report import Side, build
+from imgclf.tracking.provenance import seed_group
 from imgclf.tracking.results import (
     CURVES,
     Result,
@@ -37,6 +39,7 @@ from imgclf.tracking.results import (
     find_evaluate_run,
     group_of,
     log_report,
+    made_at,
     predictions_of,
 )
 from imgclf.tracking.runs import flatten
@@ -112,16 +115,39 @@ def files_side(reference: str, experiment: str, folder: Path) -> Side:
                         f"a {METRICS} (give a commit, 'workspace', a name from dvc exp show "
                         "or a run id from imgclf-compare)")
     summary = json.loads(text)
+    params_text = read_at(reference, PARAMS)
     stored = find_evaluate_run(str(summary.get("mlflow_run_id", "")))
+    if stored is None and reference != WORKSPACE and (mine := this_machines(
+            reference, params_text, experiment, folder)) is not None:
+        # the committed metrics came from another machine: this one's run of that revision
+        return run_side(replace(mine, label=reference), experiment, folder / "run")
     path = predictions_at(reference, folder)
+    if path is None and stored is not None:
+        path = predictions_of(stored, folder / "run")
     predictions, classes = from_csv(path) if path else ({}, [])
     metrics = flat_metrics(summary)
     group = ([r.metrics["test/accuracy"] for r in group_of(stored, experiment)
               if "test/accuracy" in r.metrics] if stored else [metrics.get("test/accuracy", 0)])
     return Side(reference, stored.run_id if stored else str(summary.get("mlflow_run_id", "-")),
-                flat_params(read_at(reference, PARAMS), folder), metrics, predictions, classes,
+                flat_params(params_text, folder), metrics, predictions, classes,
                 dict(summary.get("digests", {})), history_curves(read_at(reference, HISTORY)),
                 group, stored.tags.get("seed_group", "") if stored else "")
+
+
+def this_machines(reference: str, params_text: str | None, experiment: str, folder: Path
+                  ) -> Result | None:
+    """This store's latest result of a revision's code and params, if it has one."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{reference}^{{commit}}"],
+                            capture_output=True, text=True, timeout=60).stdout.strip()
+    if not commit or not params_text:
+        return None
+    path = folder / "params-at-revision.yaml"
+    path.write_text(params_text)
+    try:
+        settings = load_settings(path)
+    except UserError:  # params of an older schema
+        return None
+    return made_at(commit, seed_group(settings), str(settings.train.seed), experiment)
 
 
 def run_side(result: Result, experiment: str, folder: Path) -> Side:

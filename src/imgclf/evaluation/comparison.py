@@ -87,6 +87,14 @@ def delta_words(test: PairedTest, alpha: float = ALPHA) -> str:
             f"{verdict} ({p_words(test.p_value)})")
 
 
+def seed_words(test: PairedTest) -> str:
+    """A delta between two runs of one recipe that differ only in the seed: by construction
+    no change of recipe caused it."""
+    return (f"{points(test.delta)} points, 95% CI [{points(test.low)}, {points(test.high)}], "
+            f"not significant: only the seed differs (these two models alone: "
+            f"{p_words(test.p_value)})")
+
+
 def p_words(p_value: float) -> str:
     """``p = 0.012``, or ``p < 0.001`` (a bootstrap's p-value of 0 only bounds it)."""
     return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.2g}"

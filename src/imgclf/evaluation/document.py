@@ -120,8 +120,11 @@ def write(document: Document, markdown_path: Path, html_path: Path) -> list[Path
     return every file written."""
     folder = markdown_path.with_name(markdown_path.stem + "_files")
     folder.mkdir(parents=True, exist_ok=True)
+    images = document.images()
+    for stale in set(folder.glob("*.png")) - {folder / image.name for image in images}:
+        stale.unlink()  # an earlier report's figures
     written = []
-    for image in document.images():
+    for image in images:
         with atomic_open(folder / image.name, "wb") as handle:
             handle.write(image.png)
         written.append(folder / image.name)

@@ -14,7 +14,14 @@ from matplotlib.figure import Figure
 from PIL import Image as PILImage
 
 from imgclf.common.stats import spread
-from imgclf.evaluation.comparison import ALPHA, delta_words, groups_verdict, paired, points
+from imgclf.evaluation.comparison import (
+    ALPHA,
+    delta_words,
+    groups_verdict,
+    paired,
+    points,
+    seed_words,
+)
 from imgclf.evaluation.document import Document, Image
 from imgclf.evaluation.scores import Predictions, SplitReport
 
@@ -70,12 +77,18 @@ def scores_section(document: Document, base: Side, head: Side) -> None:
                        f"with 95% intervals; significant means p < {ALPHA:g} in a paired test "
                        "on the same images (exact McNemar for accuracy, paired bootstrap for "
                        "macro F1).")
+    reseeded = bool(base.seed_group) and base.seed_group == head.seed_group
+    if reseeded:
+        document.paragraph("Only the seed differs: both are runs of one recipe, so a difference "
+                           "between them is seed variation, not the effect of a change. The "
+                           "paired test's p-value says how much these two models alone differ.")
     rows = []
     for split, metric in SCORES:
         key = f"{split}/{metric}"
         values = [_value(side, key) for side in (base, head)]
         if base.paired_with(head, split):
-            words = delta_words(paired(base.predictions[split], head.predictions[split], metric))
+            test = paired(base.predictions[split], head.predictions[split], metric)
+            words = seed_words(test) if reseeded else delta_words(test)
         elif None in values:
             words = "not measured on both"
         else:

@@ -97,6 +97,21 @@ def find_evaluate_run(run_id: str) -> Result | None:
         return None
 
 
+def made_at(commit: str, group: str, seed: str, experiment: str) -> Result | None:
+    """The latest result made from ``commit``'s code with a recipe (seed group and seed), such
+    as this machine's run of a revision whose committed metrics came from another machine."""
+    experiment_id = connect(experiment)
+    runs = MlflowClient().search_runs(
+        [experiment_id], f"tags.stage = 'evaluate' and tags.git_commit = '{commit}' and "
+        f"tags.seed_group = '{group}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        found = result_of(run.info.run_id)
+        if found.params.get("train.seed") == seed:
+            return found
+    return None
+
+
 def log_report(run_id: str, paths: list[Path], folder: str = "report") -> None:
     """Attach a report's files to a run (the head result's pipeline run)."""
     client = MlflowClient()
