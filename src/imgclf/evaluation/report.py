@@ -173,7 +173,9 @@ def confusion_section(document: Document, base: Side, head: Side) -> None:
     figure = Figure(figsize=(size + 1, size))
     ax = figure.subplots()
     limit = max(1, int(np.abs(delta).max()))
-    shown = ax.imshow(delta, cmap="RdBu", vmin=-limit, vmax=limit)
+    # coloured by whether the change is for the better: more right, or fewer mistakes
+    better = np.where(np.eye(k, dtype=bool), delta, -delta)
+    shown = ax.imshow(better, cmap="RdBu", vmin=-limit, vmax=limit)
     for (row, column), value in np.ndenumerate(delta):
         if value:
             ax.text(column, row, f"{value:+d}", ha="center", va="center", fontsize="small")
@@ -181,11 +183,13 @@ def confusion_section(document: Document, base: Side, head: Side) -> None:
     ax.set_yticks(range(k), head.classes)
     ax.set(xlabel="predicted", ylabel="actual",
            title=f"{head.label} minus {base.label} (counts)")
-    figure.colorbar(shown, ax=ax)
+    figure.colorbar(shown, ax=ax, label="images: worse (red) or better (blue)")
     figure.tight_layout()
     document.image(Image("confusion-change.png", png(figure),
                          "change in the test confusion matrix"))
-    document.paragraph("Blue on the diagonal: more images right; red off it: more mistakes.")
+    document.paragraph("Each cell is the change in the number of test images; blue cells are "
+                       "changes for the better (more right on the diagonal, fewer mistakes off "
+                       "it), red ones for the worse.")
 
 
 def per_class_section(document: Document, base: Side, head: Side) -> None:
