@@ -3,6 +3,7 @@ per-image predictions, found by MLflow run id or DVC experiment name."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,8 @@ def log_report(run_id: str, paths: list[Path], folder: str = "report") -> None:
 
 def predictions_of(result: Result, folder: Path) -> Path | None:
     """A local copy of the result's per-image predictions (``None``: it has none)."""
+    # a progress bar per small file would bury the command's own output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return Path(MlflowClient().download_artifacts(result.evaluate_run_id, PREDICTIONS,
                                                       str(folder)))
