@@ -86,6 +86,10 @@ def test_seed_groups_are_one_row_with_mean_sd_and_interval_of_the_mean():
     assert rows[0]["train.lr"] == "0.01"
     # one run of another recipe against the group: outside its prediction interval
     assert rows[1]["vs best (test/accuracy)"] == "worse"
+    (note,) = compare.group_notes(found, "test/accuracy")
+    assert note.startswith("seed group g: 3 runs of one recipe (train.seed 0, 1, 2), "
+                           "test/accuracy 0.9300 ± 0.0010 sd.")
+    assert "not significant as a change of recipe" in note
 
 
 def test_groups_that_overlap_are_not_significantly_different():

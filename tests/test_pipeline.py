@@ -383,7 +383,8 @@ def test_report_of_a_longer_training_against_the_workspace_by_run_id(history):
     text = report_of(history.repo, first.info.run_id, longer.info.run_id)
     assert "| train.epochs | 2 | 3 |" in text
     assert re.search(r"points, 95% CI \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\], "
-                     r"(not )?significant \(p [=<] ", report_row(text, "test/accuracy"))
+                     r"(not significant|significantly (better|worse)) \(p [=<] ",
+                     report_row(text, "test/accuracy"))
     page = (history.repo / "reports/report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3
 
@@ -562,3 +563,4 @@ def test_compare_prints_a_leaderboard(history):
     (first,) = history.runs("repro", "pipeline")
     assert f"seed group {first.data.tags['seed_group']}" in out
     assert "(n=2)" in out
+    assert "2 runs of one recipe (train.seed 0, 1)" in out

@@ -37,8 +37,8 @@ def test_report_of_a_better_model_shows_what_changed_and_that_it_is_real(
     assert "| train.lr | 1e-06 | 0.01 |" in text
     assert "| train.epochs | 1 | 2 |" in text
     accuracy = row(text, "test/accuracy")
-    assert re.search(r"\+\d+\.\d\d points, 95% CI \[\+\d+\.\d\d, \+\d+\.\d\d\], significant "
-                     r"\(p [<=] ", accuracy), accuracy
+    assert re.search(r"\+\d+\.\d\d points, 95% CI \[\+\d+\.\d\d, \+\d+\.\d\d\], "
+                     r"significantly better \(p [<=] ", accuracy), accuracy
     assert "Training curves" in text and "Confusion matrix: change" in text
     # the gallery of flipped test images, with both answers
     won = re.search(r"wrong → right: (\d+) images", text)
@@ -53,6 +53,10 @@ def test_report_of_a_better_model_shows_what_changed_and_that_it_is_real(
     assert len(sources) == 2 + min(int(won[1]), 24)  # curves, confusion change, gallery
     assert all(source.startswith("data:image/png;base64,") for source in sources)
     assert "http" not in page
+    # the other way round: significantly worse
+    assert run_stage(report.main, ["--base", strong, "--head", weak]) == 0
+    assert ", significantly worse (p " in row((project / "reports/report.md").read_text(),
+                                              "test/accuracy")
     # attached to the head result's run
     artifacts = {a.path for a in client.list_artifacts(strong, "report")}
     assert {"report/report.md", "report/report.html"} <= artifacts

@@ -112,6 +112,21 @@ def leaderboard(found: list[Entry], sort: str) -> tuple[list[str], list[list[str
     return columns, rows
 
 
+def group_notes(found: list[Entry], sort: str) -> list[str]:
+    """A line for each seed group: its runs differ only in the seed."""
+    notes = []
+    for entry in found:
+        if len(entry.members) > 1 and entry.values(sort):
+            seeds = ", ".join(sorted({r.params.get("train.seed", "?") for r in entry.members}))
+            found_ = spread(entry.values(sort))
+            notes.append(f"seed group {entry.members[0].tags.get('seed_group', '')}: "
+                         f"{found_.n} runs of one recipe (train.seed {seeds}), {sort} "
+                         f"{found_.mean:.4f} ± {found_.std:.4f} sd. Only the seed differs "
+                         "between them: their differences are seed variation, not significant "
+                         "as a change of recipe.")
+    return notes
+
+
 def load_predictions(found: list[Entry], split: str, folder: Path,
                      fetch: Callable[[Result, Path], Path | None] = predictions_of) -> None:
     """Each single run's stored predictions on ``split`` (what paired tests need)."""
@@ -153,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print("± is a single run's 95% interval half-width, or a seed group's standard deviation."
           " '≈ best': not significantly different from the best row (alpha 0.05): exact "
           "McNemar on the same images between runs, Welch's t-test between seed groups.")
+    for note in group_notes(found, args.sort):
+        print(note)
     return 0
 
 

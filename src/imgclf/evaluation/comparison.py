@@ -81,8 +81,11 @@ def points(value: float) -> str:
 
 
 def delta_words(test: PairedTest, alpha: float = ALPHA) -> str:
-    """``+0.31 points, 95% CI [+0.05, +0.58], significant (p = 0.012)``."""
-    verdict = "significant" if test.significant(alpha) else "not significant"
+    """``+0.31 points, 95% CI [+0.05, +0.58], significantly better (p = 0.012)`` (or
+    ``significantly worse``, or ``not significant``)."""
+    verdict = "not significant"
+    if test.significant(alpha):
+        verdict = "significantly " + ("better" if test.delta > 0 else "worse")
     return (f"{points(test.delta)} points, 95% CI [{points(test.low)}, {points(test.high)}], "
             f"{verdict} ({p_words(test.p_value)})")
 

@@ -135,7 +135,10 @@ def seeds_section(document: Document, base: Side, head: Side) -> None:
                      f"[{found.low:.4f}, {found.high:.4f}]"])
     document.table(["result", "seeds", "mean ± sd", "95% CI of the mean"], rows)
     verdict = groups_verdict(base.group, head.group)
-    words = "significant" if verdict.significant else "not significant"
+    words = "not significant"
+    if verdict.significant:
+        better = spread(head.group).mean > spread(base.group).mean
+        words = "significantly " + ("better" if better else "worse")
     p = f", p = {verdict.p_value:.2g}" if verdict.p_value is not None else ""
     document.paragraph(f"Between the groups: {words} ({verdict.method}{p}).")
 
