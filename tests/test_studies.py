@@ -101,3 +101,26 @@ def test_only_trials_of_dead_workers_are_failed(tmp_path):
     assert "died while the trial was running" in study.trials[0].user_attrs[studies.FAIL_ATTR]
     assert studies.count_states(study) == {"complete": 0, "pruned": 0, "fail": 1, "running": 3}
     assert studies.fail_orphaned_trials(study) == []  # nothing left to fail
+
+
+def test_each_trial_outcome_is_one_line_with_the_median_it_fell_below():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                     "batch_size": optuna.distributions.CategoricalDistribution([128, 256])}
+    for first, final in ((0.82, 0.86), (0.84, 0.88)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.005, "batch_size": 128}, distributions=distributions, value=final,
+            intermediate_values={1: first, 2: final}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.05, "batch_size": 256}, distributions=distributions,
+        state=TrialState.PRUNED, intermediate_values={1: 0.814}))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01, "batch_size": 128}, distributions=distributions,
+        state=TrialState.FAIL, user_attrs={studies.FAIL_ATTR: "RuntimeError: nan loss"}))
+    lines = [studies.outcome(study, trial) for trial in study.trials]
+    assert lines == [
+        "trial 0 complete: val 0.860 (lr 0.005, batch_size 128)",
+        "trial 1 complete: val 0.880 (lr 0.005, batch_size 128)",
+        "trial 2 pruned after epoch 1: val 0.814 < median 0.830 (lr 0.05, batch_size 256)",
+        "trial 3 fail: RuntimeError: nan loss"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -124,8 +125,10 @@ def test_same_params_same_trial_sequence(tune_params, project):
     assert [t.value for t in first.trials] == [t.value for t in second.trials]
 
 
-def test_forced_pruner_prunes_every_trial(tune_params, project, client, monkeypatch, capsys):
+def test_forced_pruner_prunes_every_trial(tune_params, project, client, monkeypatch, capsys,
+                                          caplog):
     tune_params(tune__n_trials=3)
+    caplog.set_level(logging.INFO, logger="imgclf.tune")
     # accuracy never exceeds 1.0, so this pruner stops every trial after its first epoch
     monkeypatch.setattr(studies, "make_pruner",
                         lambda cfg: optuna.pruners.ThresholdPruner(lower=1.01))
@@ -135,9 +138,14 @@ def test_forced_pruner_prunes_every_trial(tune_params, project, client, monkeypa
     assert "no tuning trial completed (3 pruned, 0 failed)" in capsys.readouterr().err
     assert states(load_study(project)) == [TrialState.PRUNED] * 3
     children = trial_runs(client)
-    assert [r.info.status for r in children] == ["KILLED"] * 3
+    # pruning is not a failure: the runs end FINISHED, with the value they reached
+    assert [r.info.status for r in children] == ["FINISHED"] * 3
     assert {r.data.tags["trial_state"] for r in children} == {"PRUNED"}
+    assert all(0 <= r.data.metrics["val/best_accuracy"] <= 1 for r in children)
     assert {r.data.tags["pruned_at_epoch"] for r in children} == {"1"}
+    # one line per trial says how it ended
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == [
+        f"trial {n} pruned after epoch 1" for n in range(3)]
     assert not (project / "reports/best_params.yaml").exists()
     (parent,) = runs_of(client, "tune")
     assert parent.info.status == "FAILED"

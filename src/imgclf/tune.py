@@ -90,11 +90,16 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
                             tags, pruned=(optuna.TrialPruned,)) as run:
         trial.set_user_attr(studies.RUN_ATTR, run.run_id)
 
+        reached: list[float] = []
+
         def report(stats: EpochStats) -> None:
             run.log_metrics(stats.metrics(), step=stats.epoch)
             trial.report(stats.val_accuracy, stats.epoch)
+            reached.append(stats.val_accuracy)
             # after the last epoch the work is done: keep the result instead of pruning it
             if stats.epoch < cfg.epochs and trial.should_prune():
+                # the objective it reached, so a pruned trial has a value in the runs table
+                run.log_metrics({OBJECTIVE: max(reached)})
                 run.set_tags({"pruned_at_epoch": stats.epoch})
                 trial.set_user_attr("pruned_at_epoch", stats.epoch)
                 raise optuna.TrialPruned(f"pruned after epoch {stats.epoch}")
@@ -124,7 +129,8 @@ def run_worker(job: Job) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta, start),
                    n_trials=job.n_trials, timeout=cfg.timeout_s, catch=(Exception,),
-                   gc_after_trial=False)
+                   gc_after_trial=False,
+                   callbacks=[lambda study, trial: log.info(studies.outcome(study, trial))])
 
 
 def _run_worker_process(job: Job) -> None:

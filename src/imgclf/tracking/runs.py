@@ -219,8 +219,9 @@ def trial_run(
     """A child run of a tuning run for one trial, closed with the trial's outcome.
 
     Normal exit: FINISHED, ``trial_state=COMPLETE``. An exception of a ``pruned`` type:
-    KILLED, ``trial_state=PRUNED``. Any other exception: FAILED, ``trial_state=FAIL`` and the
-    error as a tag. Works in worker processes that have no active run.
+    FINISHED too (pruning is a healthy search's outcome, not an error), ``trial_state=PRUNED``.
+    Any other exception: FAILED, ``trial_state=FAIL`` and the error as a tag; KILLED is left
+    for real kills. Works in worker processes that have no active run.
     """
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=name, tags={
@@ -232,7 +233,7 @@ def trial_run(
         yield handle
     except pruned:
         handle.set_tags({"trial_state": "PRUNED"})
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run.info.run_id, "FINISHED")
         raise
     except BaseException as exc:
         handle.set_tags({"trial_state": "FAIL", "error": error_tag(exc)})

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -133,3 +134,25 @@ def count_states(study: optuna.Study) -> dict[str, int]:
         if name in counts:
             counts[name] += 1
     return counts
+
+
+def outcome(study: optuna.Study, trial: FrozenTrial) -> str:
+    """One line on how a trial ended, e.g. ``trial 2 pruned after epoch 1: val 0.814 < median
+    0.831`` (under the median pruner: the median of the completed trials at that epoch)."""
+    params = ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                       for key, value in trial.params.items())
+    if trial.state == TrialState.COMPLETE:
+        return f"trial {trial.number} complete: val {trial.value:.3f} ({params})"
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        epoch = max(trial.intermediate_values)
+        line = (f"trial {trial.number} pruned after epoch {epoch}: "
+                f"val {trial.intermediate_values[epoch]:.3f}")
+        if isinstance(study.pruner, optuna.pruners.MedianPruner):
+            others = [t.intermediate_values[epoch] for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.number != trial.number and epoch in t.intermediate_values]
+            if others:
+                line += f" < median {float(np.median(others)):.3f}"
+        return f"{line} ({params})"
+    reason = trial.user_attrs.get(FAIL_ATTR, "")
+    return f"trial {trial.number} {trial.state.name.lower()}" + (f": {reason}" if reason else "")
