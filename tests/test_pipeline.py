@@ -179,6 +179,8 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
                                        "train", "tune"]
     (pipeline,) = history.runs("repro", "pipeline")
     assert pipeline.info.status == "FINISHED"
+    # no DVC experiment: named after the commit
+    assert pipeline.info.run_name == f"pipeline · {pipeline.data.tags['git_commit'][:7]}"
     # the saved model's validation and test scores side by side
     (trained,), (evaluated,) = history.runs("repro", "train"), history.runs("repro", "evaluate")
     assert (pipeline.data.metrics["val/kept_accuracy"]
@@ -244,6 +246,7 @@ def test_training_longer_reuses_cached_stages_and_links_them(history):
     assert history.stages("epochs") == ["evaluate", "pipeline", "train"]
     (pipeline,) = history.runs("epochs", "pipeline")
     assert pipeline.data.tags["dvc_exp_name"]
+    assert pipeline.info.run_name == f"pipeline · {pipeline.data.tags['dvc_exp_name']}"
     assert pipeline.data.tags["dvc_exp_baseline_rev"]
     # cached stages point to the runs of the first repro that produced their outputs
     for stage in ("download", "preprocess", "tune"):

@@ -28,7 +28,8 @@ from .conftest import (
 )
 
 
-def test_stage_outputs_and_mlflow_run(processed, project, client):
+def test_stage_outputs_and_mlflow_run(processed, project, client, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # it trains in 1 s
     assert run_stage(train.main, TRAIN_ARGS) == 0
 
     model, arch, info = load_model(project / "models/model.pt")
@@ -62,6 +63,9 @@ def test_stage_outputs_and_mlflow_run(processed, project, client):
     assert run.data.metrics["val/best_accuracy"] == metrics["val"]["best_accuracy"]
     assert run.data.metrics["kept_epoch"] == 2
     assert run.data.metrics["val/kept_accuracy"] == metrics["val"]["accuracy"]
+    # MLflow's own system metrics, sampled while it trained
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics)
 
     # the logged model is a models-from-code pyfunc around a pt2 program; it carries its
     # preprocessing and predicts like the local file

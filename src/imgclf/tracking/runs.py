@@ -10,6 +10,7 @@ has on MLflow.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ STAGE_SECTIONS = {
     "train": ("data", "train"),
     "evaluate": ("data", "evaluate"),
 }
+
+
+# The stages whose runs carry MLflow's system metrics (CPU, memory, GPU when present).
+SYSTEM_METRICS_STAGES = ("tune", "train", "evaluate")
 
 
 def flatten(settings: Settings, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -121,7 +126,9 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
         return run_id
     tags = run_tags("pipeline", settings) | {"pipeline_key": key, PROCESS_TAG: process_id(proc),
                                              "seed_group": seed_group(settings)}
-    name = f"pipeline {tags['dvc_exp_name']}" if "dvc_exp_name" in tags else "pipeline"
+    # a runs table of many experiments needs names that tell them apart
+    label = tags.get("dvc_exp_name") or tags.get("git_commit", "")[:7] or "workspace"
+    name = f"pipeline · {label}"
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[
         Param(key, str(value))
@@ -185,8 +192,11 @@ def stage_run(
     # the train stage runs with tuned values: its group is that of params.yaml as written
     tags = _stage_tags(stage, settings, upstream, data_version, deps) | {
         "seed_group": seed_group(declared or settings)}
+    watched = stage in SYSTEM_METRICS_STAGES
+    if watched:  # every second (not 10): a stage of a few seconds still gets its samples
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent,
-                           tags=tags)
+                           tags=tags, log_system_metrics=watched)
     if parent:
         _link_pipeline(client, parent, stage, run.info.run_id, upstream, data_version)
     status = RunStatus.to_string(RunStatus.FAILED)
