@@ -103,3 +103,30 @@ def test_groups_that_overlap_are_not_significantly_different():
 def test_empty_store_says_how_to_get_runs(project, capsys):
     assert run_stage(compare.main, []) == 0
     assert "no finished pipeline runs yet" in capsys.readouterr().out
+
+
+def test_it_finds_the_project_from_a_subfolder(project, monkeypatch, capsys):
+    monkeypatch.delenv("DVC_ROOT")
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(project / "src" / "deep")
+    assert run_stage(compare.main, []) == 0
+    assert "no finished pipeline runs yet" in capsys.readouterr().out
+    assert not (project / "src" / "deep" / "mlruns").exists()
+
+
+def test_outside_a_project_it_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_stage(compare.main, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not inside an imgclf project" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_params_file_is_one_error_line(project, capsys):
+    (project / "params.yaml").write_text("train: {lr: [unclosed\n")
+    assert run_stage(compare.main, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "params.yaml" in err and len(err.splitlines()) == 1

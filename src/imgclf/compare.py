@@ -21,7 +21,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.cli import project_folder, run_process, tool_parser
 from imgclf.common.errors import UserError
 from imgclf.common.settings import load_settings
 from imgclf.common.stats import spread
@@ -141,13 +141,13 @@ def load_predictions(found: list[Entry], split: str, folder: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser(__doc__)
+    parser = tool_parser(__doc__)
     parser.add_argument("-n", "--last", type=int, default=10, help="how many pipeline runs")
     parser.add_argument("--sort", default="val/accuracy", choices=SORTS,
                         help="the score to rank and test by (choose on validation)")
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.params)
+    settings = load_settings(args.params or project_folder() / "params.yaml")
     runs = pipeline_runs(settings.tracking.experiment, args.last)
     results = [result_of(run["run_id"]) for run in runs if "run.evaluate" in run["tags"]]
     if not results:

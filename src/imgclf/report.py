@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import tempfile
 from collections import defaultdict
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 from ruamel.yaml import YAML
 
-from imgclf.common.cli import run_process, stage_parser
+from imgclf.common.cli import project_folder, run_process, tool_parser
 from imgclf.common.errors import UserError
 from imgclf.common.settings import load_settings
 from imgclf.data.splits import load_split, split_digest
@@ -179,16 +180,21 @@ def test_images(data: Path, digest: str | None) -> np.ndarray | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser(__doc__)
+    parser = tool_parser(__doc__)
     parser.add_argument("--base", default="HEAD", help="the result to compare against")
     parser.add_argument("--head", default=WORKSPACE, help="the result to report on")
     parser.add_argument("--data", type=Path, default=Path("data/processed"),
-                        help="preprocessed splits (the flipped test images come from here)")
-    parser.add_argument("--out", type=Path, default=Path("reports/report.md"))
-    parser.add_argument("--html", type=Path, default=Path("reports/report.html"))
+                        help="preprocessed splits, the flipped test images' source "
+                             "(paths are relative to the project root)")
+    parser.add_argument("--out", type=Path, default=Path("reports/report.md"),
+                        help="the Markdown report (its figures go beside it)")
+    parser.add_argument("--html", type=Path, default=Path("reports/report.html"),
+                        help="the self-contained HTML report")
     args = parser.parse_args(argv)
 
-    experiment = load_settings(args.params).tracking.experiment
+    root = project_folder()
+    experiment = load_settings(args.params or root / "params.yaml").tracking.experiment
+    os.chdir(root)  # revisions' files, the DVC cache and the outputs are the project's
     with tempfile.TemporaryDirectory(prefix="imgclf-report-") as folder:
         (Path(folder) / "run").mkdir()
         base, head = (side(ref, experiment, Path(folder)) for ref in (args.base, args.head))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from types import FrameType
 from typing import NoReturn
 
 from imgclf.common.errors import Terminated, UserError
+from imgclf.common.files import project_root
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -25,6 +27,28 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the params file (default: params.yaml)")
     return parser
+
+
+def tool_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser for a tool run from anywhere inside the project: ``--params`` defaults to the
+    project root's ``params.yaml`` (see :func:`project_folder`)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--params", type=Path, default=None,
+                        help="the params file (default: params.yaml at the project root)")
+    return parser
+
+
+def project_folder() -> Path:
+    """The project this command runs in: the nearest folder up from here with a ``dvc.yaml``.
+
+    Raises:
+        UserError: not inside a project, so there is no store or params file to use.
+    """
+    root = project_root()
+    if not (os.environ.get("DVC_ROOT") or (root / "dvc.yaml").is_file()):
+        raise UserError(f"{Path.cwd()} is not inside an imgclf project (no dvc.yaml here or "
+                        "in a folder above): cd into the project")
+    return root
 
 
 def run_stage(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
