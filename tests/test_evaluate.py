@@ -63,9 +63,19 @@ def test_stage_writes_reports_and_logs(trained, project, client):
     assert run.data.metrics["test/accuracy"] == metrics["test"]["accuracy"]
     assert run.data.metrics["test/macro_f1"] == metrics["test"]["macro_f1"]
     assert run.data.metrics["test/accuracy_ci95_high"] == metrics["test"]["accuracy_ci95_high"]
-    assert run.data.metrics["test/recall/t-shirt_top"] == per_class["T-shirt/top"]["recall"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion.png", "calibration.png", "per_class.json", "predictions.csv"} <= artifacts
+    assert {"confusion.png", "calibration.png", "per_class.json", "predictions.csv",
+            "per_class_test.json"} <= artifacts
+    # per-class scores are one table, not two metrics per class
+    assert not [key for key in run.data.metrics if "/recall/" in key or "/precision/" in key]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "per_class_test.json"))
+                       .read_text())
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert row["class"] == "T-shirt/top"
+    assert row["recall"] == per_class["T-shirt/top"]["recall"]
+    assert [row["recall_ci95_low"], row["recall_ci95_high"]] == pytest.approx(
+        per_class["T-shirt/top"]["recall_ci95"])
+    assert row["support"] == per_class["T-shirt/top"]["support"]
     assert run.data.metrics["val/accuracy"] == metrics["val"]["accuracy"]
     assert metrics["champion_decision"] == "first"
 

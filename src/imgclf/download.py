@@ -151,9 +151,9 @@ def ingest_folder(args: argparse.Namespace, settings: Settings) -> int:
         total = sum(f["size"] for f in files)
         write_json(args.metrics, {"files": len(files), "bytes": total, "classes": len(classes),
                                   "mlflow_run_id": run.run_id})
+        # facts of the data, not scores: params, so charts stay on what is compared
         run.log_params({"dataset": "folder", "source": str(source), "files": len(files),
-                        "classes": len(classes)})
-        run.log_metrics({"files": len(files), "bytes": total, "classes": len(classes)})
+                        "bytes": total, "classes": len(classes)})
         run.log_dict(found, "manifest.json")
         print(f"{source}: {len(files)} image files in {len(classes)} classes "
               f"(data version {found['data_version']})")
@@ -181,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.metrics, {"files": len(files),
                                   "bytes": sum(file.size for file in files),
                                   "mlflow_run_id": run.run_id})
+        # facts of the data, not scores: params, so charts stay on what is compared
         run.log_params({"dataset": spec.name,
                         **{f"source/{file.name}": file.source for file in files},
-                        **{f"md5/{file.name}": file.md5 for file in files}})
-        run.log_metrics({f"size_bytes/{file.name}": file.size for file in files})
+                        **{f"md5/{file.name}": file.md5 for file in files},
+                        **{f"size_bytes/{file.name}": file.size for file in files}})
         run.log_dict(manifest, "manifest.json")
         for file in files:
             print(f"{file.name}: {file.size} bytes from {file.source} ({file.check} verified)")

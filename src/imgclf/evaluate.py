@@ -14,7 +14,6 @@ by default), both scored on the same images, and a paired test says the gain is 
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,18 @@ def evaluate(network: Callable[[torch.Tensor], torch.Tensor], split: Split, name
     return SplitReport(name, predictions, loss, classes)
 
 
-def metric_key(name: str) -> str:
-    """A class name as an MLflow metric-name part (``T-shirt/top`` -> ``t-shirt_top``)."""
-    return re.sub(r"[^0-9a-z_.-]+", "_", name.lower())
+def per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per-class scores as table columns: the class, precision and recall each with its 95%
+    interval, and the number of test images."""
+    table: dict[str, list[Any]] = {"class": list(per_class)}
+    for values in per_class.values():
+        for kind in ("precision", "recall"):
+            low, high = values[f"{kind}_ci95"]
+            for column, value in ((kind, values[kind]), (f"{kind}_ci95_low", low),
+                                  (f"{kind}_ci95_high", high)):
+                table.setdefault(column, []).append(value)
+        table.setdefault("support", []).append(values["support"])
+    return table
 
 
 def champion_predictions(name: str, version: str, split: Split, batch_size: int
@@ -117,9 +125,9 @@ def write_reports(args: argparse.Namespace, run: StageRun, reports: Mapping[str,
     reliability diagram and per-image predictions."""
     test = reports["test"]
     per_class = test.per_class()
-    run.log_metrics({**{k: v for r in reports.values() for k, v in r.scores().items()},
-                     **{f"test/{kind}/{metric_key(name)}": values[kind]
-                        for name, values in per_class.items() for kind in ("precision", "recall")}})
+    run.log_metrics({k: v for r in reports.values() for k, v in r.scores().items()})
+    # one table for the UI's artifact view, not 2 metrics per class in the chart view
+    run.log_table(per_class_table(per_class), "per_class_test.json")
     labels, predicted = test.predictions.labels, test.predictions.predicted
     for path, figure in ((args.confusion_png, confusion_figure(labels, predicted, test.classes)),
                          (args.calibration_png, reliability_figure(

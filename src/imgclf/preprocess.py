@@ -312,8 +312,8 @@ def log_outputs(run: StageRun, args: argparse.Namespace, meta: Meta, audit: dict
     sized = {f"{name}_size": size for name, size in sizes.items()}
     write_json(args.metrics, {**sized, **counts, "mlflow_run_id": run.run_id})
     run.log_params({"mean": meta.mean, "std": meta.std, **sized,
-                    "image_shape": meta.image_shape, "classes": len(meta.classes)})
-    run.log_metrics({f"audit/{key}": value for key, value in counts.items()})
+                    "image_shape": meta.image_shape, "classes": len(meta.classes),
+                    **{f"audit/{key}": value for key, value in counts.items()}})
     run.log_dict({name: dict(zip(meta.classes, split_counts, strict=True))
                   for name, split_counts in meta.counts.items()}, "class_counts.json")
     run.log_dict(audit, "audit.json")

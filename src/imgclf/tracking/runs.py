@@ -106,6 +106,10 @@ class StageRun:
     def log_dict(self, data: Any, name: str) -> None:
         self._client.log_dict(self.run_id, data, name)
 
+    def log_table(self, data: Mapping[str, list[Any]], name: str) -> None:
+        """A table (columns of equal length) as an MLflow table artifact."""
+        self._client.log_table(self.run_id, dict(data), name)
+
     def log_figure(self, figure: Any, name: str) -> None:
         self._client.log_figure(self.run_id, figure, name)
 
