@@ -269,7 +269,7 @@ def test_new_learning_rate_is_the_baseline_trial_of_a_new_search(history):
     assert history.stages("lr") == ["evaluate", "pipeline", "train", "tune"]
     baseline = [r for r in history.runs("lr", "tune-trial")
                 if r.data.tags.get("baseline") == "true"]
-    assert [float(r.data.params["lr"]) for r in baseline] == [0.05]
+    assert [float(r.data.params["train.lr"]) for r in baseline] == [0.05]
 
 
 @pytest.mark.slow

@@ -86,8 +86,10 @@ def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, 
     for trial, run in zip(study.trials, children, strict=True):
         assert run.info.status == "FINISHED"
         assert run.data.tags["trial_state"] == "COMPLETE"
-        assert float(run.data.params["lr"]) == trial.params["lr"]
-        assert run.data.params["batch_size"] == str(trial.params["batch_size"])
+        # named as the train and pipeline runs name them
+        assert float(run.data.params["train.lr"]) == trial.params["lr"]
+        assert run.data.params["train.batch_size"] == str(trial.params["batch_size"])
+        assert "lr" not in run.data.params
         assert run.data.metrics["val/best_accuracy"] == trial.value
         assert [m.step for m in client.get_metric_history(run.info.run_id,
                                                           "val/accuracy")] == [1, 2]

@@ -85,9 +85,11 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
             "baseline": str(trial.user_attrs.get("baseline", False)).lower()}
-    with trial_run(job.parent_run_id, job.experiment_id, f"trial {trial.number}",
-                            {**params, "epochs": cfg.epochs, "train_size": len(train_split)},
-                            tags, pruned=(optuna.TrialPruned,)) as run:
+    # the names the train and pipeline runs use, so the UI charts them in one view
+    logged = {**{f"train.{key}": value for key, value in params.items()},
+              "tune.epochs": cfg.epochs, "train_size": len(train_split)}
+    with trial_run(job.parent_run_id, job.experiment_id, f"trial {trial.number}", logged, tags,
+                   pruned=(optuna.TrialPruned,)) as run:
         trial.set_user_attr(studies.RUN_ATTR, run.run_id)
 
         reached: list[float] = []
