@@ -37,7 +37,6 @@ def test_mirror_files_are_verified_copied_and_logged(project, set_params, tiny_m
 
     (run,) = runs_of(client, "download")
     assert run.info.status == "FINISHED"
-    assert run.data.params["dataset"] == "fashion-mnist"
     assert run.data.params["data.dataset"] == "fashion-mnist"
     for entry in manifest["files"]:
         name = entry["name"]

@@ -11,6 +11,7 @@ from imgclf import evaluate, train
 from imgclf.common.cli import run_stage
 from imgclf.common.stats import accuracy_interval
 from imgclf.evaluation.predictions import from_csv
+from imgclf.training.checkpoint import load_model
 
 from .conftest import EVALUATE_ARGS, TRAIN_ARGS, runs_of
 
@@ -78,6 +79,20 @@ def test_stage_writes_reports_and_logs(trained, project, client):
     assert row["support"] == per_class["T-shirt/top"]["support"]
     assert run.data.metrics["val/accuracy"] == metrics["val"]["accuracy"]
     assert metrics["champion_decision"] == "first"
+
+    # the run read the validation and test datasets and the train stage's logged model; its
+    # scores are that model's scores on them, and the registered version points at it
+    model_id = load_model(project / "models/model.pt")[2]["mlflow_model_id"]
+    inputs = client.get_run(run.info.run_id).inputs
+    assert [m.model_id for m in inputs.model_inputs] == [model_id]
+    datasets = {d.dataset.digest: d.dataset for d in inputs.dataset_inputs}
+    assert set(datasets) == set(metrics["digests"].values())
+    linked = {(m.key, m.dataset_digest): m.value
+              for m in client.get_logged_model(model_id).metrics}
+    assert linked["test/accuracy", metrics["digests"]["test"]] == metrics["test"]["accuracy"]
+    assert linked["val/accuracy", metrics["digests"]["val"]] == metrics["val"]["accuracy"]
+    version = client.get_model_version("fashion-mnist-classifier", str(metrics["model_version"]))
+    assert version.source == f"models:/{model_id}"
 
 
 def champion_version(client) -> str:

@@ -20,7 +20,7 @@ def logged_model(settings, tmp_path) -> str:
     save_model(tmp_path / "weights.pt", model, arch, {})
     with stage_run("train", settings):
         return log_classifier(model, arch.preprocessing(), tmp_path / "weights.pt",
-                              np.zeros((2, 1, 28, 28), dtype=np.uint8))
+                              np.zeros((2, 1, 28, 28), dtype=np.uint8), {}, 1).model_uri
 
 
 def test_the_alias_moves_only_when_the_chooser_says_so_and_the_decision_is_tagged(

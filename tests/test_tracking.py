@@ -16,7 +16,12 @@ from mlflow.tracking import MlflowClient
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import load_settings
 from imgclf.tracking.models import load
-from imgclf.tracking.provenance import dvc_lock_hashes, seed_group
+from imgclf.tracking.provenance import (
+    changed_files,
+    dvc_lock_hashes,
+    pipeline_description,
+    seed_group,
+)
 from imgclf.tracking.runs import StageRun, stage_run
 from imgclf.tracking.store import TrackingError, connect, tracking_uri
 
@@ -70,6 +75,10 @@ def test_run_tags_name_stage_dataset_and_commit(project, client, monkeypatch):
     logged = client.get_run(run_id).data.params
     assert logged["evaluate.batch_size"] == str(settings.evaluate.batch_size)
     assert tags["seed_group"] == seed_group(settings)
+    # MLflow's own source tags: the UI's Source and git commit
+    assert tags["mlflow.source.name"] == "python -m imgclf.evaluate"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
 
 
 def test_runs_that_differ_only_in_the_seed_share_a_seed_group(project, set_params):
@@ -230,3 +239,32 @@ def test_pipeline_against_a_team_server_on_postgresql(processed, project, team_s
     assert probabilities.shape == (2, 10)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
     assert champion.tags["evaluate_run_id"] == runs["evaluate"].info.run_id
+
+
+def test_git_dirty_ignores_what_the_pipeline_writes_itself():
+    outputs = {"reports/metrics.json", "models/model.pt", "data/processed"}
+    status = (" M dvc.lock\n M reports/metrics.json\n M data/processed/meta.json\n"
+              " M params.yaml\n M src/imgclf/train.py\n")
+    assert changed_files(status, outputs, experiment=False) == [
+        "params.yaml", "src/imgclf/train.py"]
+    # a DVC experiment records its params itself
+    assert changed_files(status, outputs, experiment=True) == ["src/imgclf/train.py"]
+    assert changed_files(" M dvc.lock\n M reports/metrics.json\n", outputs, False) == []
+
+
+def test_pipeline_description_names_the_changed_params(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("params.yaml").write_text("train:\n  lr: 0.005\n  epochs: 4\n")
+    subprocess.run(["git", "add", "params.yaml"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"],
+                   check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert pipeline_description({"git_commit": commit}) == (
+        f"dvc repro at {commit[:7]}: params.yaml as committed.")
+    Path("params.yaml").write_text("train:\n  lr: 0.01\n  epochs: 4\n")
+    assert pipeline_description({"git_commit": commit, "dvc_exp_name": "lofty-mare",
+                                 "dvc_exp_baseline_rev": commit}) == (
+        f"DVC experiment lofty-mare on {commit[:7]}. Changed against {commit[:7]}: "
+        "train.lr: 0.005 → 0.01.")

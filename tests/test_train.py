@@ -14,7 +14,7 @@ import torch
 
 from imgclf import train
 from imgclf.common.cli import run_stage
-from imgclf.data.splits import load_split
+from imgclf.data.splits import load_split, split_digest
 from imgclf.tracking.models import load
 from imgclf.training.checkpoint import load_model
 
@@ -39,7 +39,8 @@ def test_stage_outputs_and_mlflow_run(processed, project, client, monkeypatch):
     with open(project / "reports/train_history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr"} <= set(rows[0])
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr_schedule"} <= set(
+        rows[0])
 
     metrics = json.loads((project / "reports/train_metrics.json").read_text())
     (run,) = runs_of(client, "train")
@@ -56,13 +57,29 @@ def test_stage_outputs_and_mlflow_run(processed, project, client, monkeypatch):
     assert run.data.params["deterministic_algorithms"] == "False"
     assert run.data.params["train.seed"] == "0"
     assert run.data.tags["stage"] == "train"
-    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr",
+    for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr_schedule",
                  "epoch_seconds", "images_per_s"):
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2], name
     assert run.data.metrics["val/best_accuracy"] == metrics["val"]["best_accuracy"]
     assert run.data.metrics["kept_epoch"] == 2
     assert run.data.metrics["val/kept_accuracy"] == metrics["val"]["accuracy"]
+    # the splits it read are the run's MLflow datasets, named after the dataset, with the
+    # split's content hash as digest and the shape in the profile
+    inputs = {tag.value: d.dataset for d in run.inputs.dataset_inputs for tag in d.tags
+              if tag.key == "mlflow.data.context"}
+    assert set(inputs) == {"training", "validation"}
+    assert {d.name for d in inputs.values()} == {"fashion-mnist"}
+    assert inputs["validation"].digest == split_digest(project / "data/processed", "val")
+    assert json.loads(inputs["training"].profile)["images"] == 240
+    # the logged model carries the recipe, its epoch and its validation scores
+    model_info = client.get_logged_model(info["mlflow_model_id"])
+    assert model_info.source_run_id == run.info.run_id
+    assert model_info.params["train.lr"] == "0.01"
+    linked = {m.key: m for m in model_info.metrics}
+    assert linked["val/kept_accuracy"].value == metrics["val"]["accuracy"]
+    assert linked["val/kept_accuracy"].step == 2
+    assert linked["val/kept_accuracy"].dataset_digest == inputs["validation"].digest
     # MLflow's own system metrics, sampled while it trained
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
         run.data.metrics)

@@ -74,12 +74,20 @@ def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, 
     (parent,) = runs_of(client, "tune")
     assert metrics["mlflow_run_id"] == parent.info.run_id
     assert parent.data.metrics["val/best_accuracy"] == study.best_value
-    assert parent.data.metrics["trials/complete"] == 3
-    assert float(parent.data.params["best/lr"]) == study.best_params["lr"]
-    assert parent.data.params["best/batch_size"] == str(study.best_params["batch_size"])
+    assert parent.data.params["trials.complete"] == "3"
+    # the winner under the names the trials and the train run use; the baseline it beat
+    # is labelled as unused
+    assert float(parent.data.params["train.lr"]) == study.best_params["lr"]
+    assert parent.data.params["train.batch_size"] == str(study.best_params["batch_size"])
+    if study.best_trial.number != 0:
+        assert parent.data.params["unused_baseline/train.lr"] == "0.01"
+    assert "best/lr" not in parent.data.params
+    inputs = {d.dataset.name for d in parent.inputs.dataset_inputs}
+    assert inputs == {"fashion-mnist"} and len(parent.inputs.dataset_inputs) == 2
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"optimization_history.png", "param_importances.png",
+    assert {"optimization_history.png", "intermediate_values.png", "timeline.png",
             "slice_lr_batch_size.png"} <= artifacts
+    assert "param_importances.png" not in artifacts  # from 3 trials: not drawn
 
     children = trial_runs(client, parent.info.run_id)
     assert len(children) == 3
@@ -106,13 +114,21 @@ def test_plots_of_trials_that_share_a_batch_size_log_without_warnings(recwarn):
             params={"lr": lr, "batch_size": 32}, distributions=distributions, value=accuracy))
     logged = []
 
+    tags = {}
+
     class Run:
         def log_figure(self, figure, name):
             logged.append(name)
 
+        def set_tags(self, values):
+            tags.update(values)
+
     tune.log_plots(Run(), study)
 
-    assert "slice_lr_batch_size.png" in logged
+    assert {"slice_lr_batch_size.png", "intermediate_values.png", "timeline.png"} <= set(logged)
+    # two completed trials say nothing about importances: not drawn, and the run says why
+    assert "param_importances.png" not in logged
+    assert tags["param_importances"] == "not drawn: 2 completed trials, 5 needed"
     assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
 
 

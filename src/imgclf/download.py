@@ -152,7 +152,7 @@ def ingest_folder(args: argparse.Namespace, settings: Settings) -> int:
         write_json(args.metrics, {"files": len(files), "bytes": total, "classes": len(classes),
                                   "mlflow_run_id": run.run_id})
         # facts of the data, not scores: params, so charts stay on what is compared
-        run.log_params({"dataset": "folder", "source": str(source), "files": len(files),
+        run.log_params({"source": str(source.resolve()), "files": len(files),
                         "bytes": total, "classes": len(classes)})
         run.log_dict(found, "manifest.json")
         print(f"{source}: {len(files)} image files in {len(classes)} classes "
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "bytes": sum(file.size for file in files),
                                   "mlflow_run_id": run.run_id})
         # facts of the data, not scores: params, so charts stay on what is compared
-        run.log_params({"dataset": spec.name,
-                        **{f"source/{file.name}": file.source for file in files},
+        run.log_params({**{f"source/{file.name}": file.source for file in files},
                         **{f"md5/{file.name}": file.md5 for file in files},
                         **{f"size_bytes/{file.name}": file.size for file in files}})
         run.log_dict(manifest, "manifest.json")

@@ -23,17 +23,20 @@ import torch
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import atomic_open, write_json, write_text
 from imgclf.common.settings import EvaluateSettings, load_settings
-from imgclf.data.splits import Split, load_split, split_digest
+from imgclf.data.splits import Split, load_meta, load_split, split_digest
 from imgclf.evaluation.figures import confusion_csv, confusion_figure, reliability_figure
 from imgclf.evaluation.predictions import to_csv
 from imgclf.evaluation.scores import Predictions, SplitReport, predict
 from imgclf.evaluation.selection import DIGEST_TAG, Decision, decide, split_of
+from imgclf.tracking.datasets import SplitDataset, split_dataset
 from imgclf.tracking.models import load
 from imgclf.tracking.registry import register_model, version_uri
-from imgclf.tracking.runs import StageRun, run_metrics, stage_run
+from imgclf.tracking.runs import StageRun, run_metrics, stage_run, used_values
 from imgclf.training.checkpoint import load_model
 
 SPLITS = ("val", "test")
+# what the pipeline run keeps beside the scores (params.yaml and dvc.yaml it has already)
+PIPELINE_FILES = (Path("dvc.lock"),)
 # the train run's validation numbers that the pipeline run shows beside evaluate's
 VALIDATION = ("val/best_accuracy", "val/kept_accuracy")
 
@@ -119,13 +122,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def write_reports(args: argparse.Namespace, run: StageRun, reports: Mapping[str, SplitReport]
-                  ) -> None:
+def write_reports(args: argparse.Namespace, run: StageRun, reports: Mapping[str, SplitReport],
+                  datasets: Mapping[str, SplitDataset], model_id: str | None) -> None:
     """Log and write the scores, per-class scores, confusion matrix (CSV for DVC, PNG),
-    reliability diagram and per-image predictions."""
+    reliability diagram and per-image predictions.
+
+    Each split's scores are also the logged model's scores on that split's dataset.
+    """
     test = reports["test"]
     per_class = test.per_class()
-    run.log_metrics({k: v for r in reports.values() for k, v in r.scores().items()})
+    for name, report in reports.items():
+        run.log_metrics(report.scores(), model_id=model_id, dataset=datasets[name])
     # one table for the UI's artifact view, not 2 metrics per class in the chart view
     run.log_table(per_class_table(per_class), "per_class_test.json")
     labels, predicted = test.predictions.labels, test.predictions.predicted
@@ -157,19 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     model, arch, info = load_model(args.model)
     splits = {name: load_split(args.data, name) for name in SPLITS}
 
+    meta = load_meta(args.data)
+    model_id = info.get("mlflow_model_id")
+
     with stage_run("evaluate", settings, upstream=info.get("lineage"),
                    data_version=info.get("data_version"), deps=[args.data, args.model]) as run:
+        # which images were scored: runs with equal digests can be compared image by image
+        hashes = {s: split_digest(args.data, s) for s in SPLITS}
+        digests = {DIGEST_TAG.format(split=s): digest for s, digest in hashes.items()}
+        run.set_tags(digests)
+        datasets = {s: split_dataset(meta, s, digest) for s, digest in hashes.items()}
+        run.log_datasets(datasets)
+        if model_id:
+            run.use_model(model_id)
         reports = {name: evaluate(model, split, name, arch.classes, settings.evaluate.batch_size)
                    for name, split in splits.items()}
-        write_reports(args, run, reports)
-        # which images were scored: runs with equal digests can be compared image by image
-        digests = {DIGEST_TAG.format(split=s): split_digest(args.data, s) for s in SPLITS}
-        run.set_tags(digests)
+        write_reports(args, run, reports, datasets, model_id)
         scores = {k: v for report in reports.values() for k, v in report.scores().items()}
-        # the pipeline run shows the train stage's validation numbers beside these
+        # the pipeline run shows the train stage's validation numbers beside these, and
+        # the values it was trained with
         validation = run_metrics(info.get("mlflow_run_id", ""))
         run.log_to_pipeline(metrics={**scores, **{k: v for k, v in validation.items()
-                                                  if k in VALIDATION}})
+                                                  if k in VALIDATION}},
+                            params=used_values(info.get("mlflow_run_id", "")),
+                            artifacts=[(args.confusion_png, None),
+                                       *[(path, "pipeline") for path in PIPELINE_FILES
+                                         if path.is_file()]])
         summary: dict[str, Any] = {
             split: {key.removeprefix(f"{split}/"): value for key, value in scores.items()
                     if key.startswith(f"{split}/")} for split in SPLITS}
@@ -180,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             summary |= register(name, info, reports, settings.evaluate, run, args.data,
                                 digests)
         write_json(args.metrics, summary)
-        for report in reports.values():
-            print(summary_line(report))
+        lines = [summary_line(report) for report in reports.values()]
+        if "model_version" in summary:
+            lines.append(f"registered as {name} version {summary['model_version']}"
+                         + (" (champion)" if summary["champion"] else ""))
+        run.describe_result("; ".join(lines) + ".")
+        print("\n".join(lines))
         print(f"MLflow run {run.run_id}")
     return 0
 

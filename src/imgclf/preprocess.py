@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import posixpath
 import tarfile
 import zlib
 from dataclasses import replace
@@ -198,6 +199,15 @@ def read_manifest(raw_dir: Path, dataset: str) -> dict[str, Any]:
     return manifest
 
 
+def manifest_source(manifest: dict[str, Any]) -> str:
+    """Where the downloaded files came from: the folder dataset's path, or the folder (or
+    URL) the built-in dataset's files were copied from."""
+    if "root" in manifest:
+        return str(manifest.get("source", manifest["root"]))
+    sources = {posixpath.dirname(str(entry.get("source", ""))) for entry in manifest["files"]}
+    return sources.pop() if len(sources) == 1 else ""
+
+
 def preprocess_folder(manifest: dict[str, Any], cfg: DataSettings, out_dir: Path
                       ) -> tuple[Meta, dict[str, Any], dict[str, Split], Figure]:
     """Decode a folder dataset listed in ``manifest`` and write its splits to ``out_dir``.
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             audit = builtin_audit(splits, meta)
             sizes = {name: len(split) for name, split in splits.items()}
         meta = replace(meta, data_version=manifest.get("data_version", ""),
-                       lineage=run.lineage)
+                       lineage=run.lineage, source=manifest_source(manifest))
         save_meta(args.out, meta)
         if gallery is None:
             save_splits(args.out, splits, meta)

@@ -21,9 +21,10 @@ from typing import Any
 from imgclf.common.cli import run_process, stage_parser
 from imgclf.common.files import write_json, write_text
 from imgclf.common.settings import Settings, load_settings
-from imgclf.data.splits import Meta, Split, load_meta, load_split
+from imgclf.data.splits import Meta, Split, load_meta, load_split, split_digest
+from imgclf.tracking.datasets import SplitDataset, split_dataset
 from imgclf.tracking.models import log_classifier
-from imgclf.tracking.runs import StageRun, stage_run
+from imgclf.tracking.runs import TUNED, StageRun, flatten, stage_run
 from imgclf.tracking.starts import start_from
 from imgclf.training import distributed
 from imgclf.training.checkpoint import save_model
@@ -90,6 +91,9 @@ def tracked_training(args: argparse.Namespace, settings: Settings, declared: Set
                         "cudnn_benchmark": False})
         if start is not None:
             run.set_tags(start.tags)
+        datasets = {name: split_dataset(meta, name, split_digest(args.data, name))
+                    for name in ("train", "val")}
+        run.log_datasets(datasets)
         logged: set[int] = set()
 
         def log_epoch(stats: EpochStats) -> None:
@@ -103,28 +107,36 @@ def tracked_training(args: argparse.Namespace, settings: Settings, declared: Set
             run.set_tags({"resumed_after_epoch": earlier[-1].epoch})
             for stats in earlier:
                 run.log_metrics(stats.metrics(), step=stats.epoch)
-        save_outputs(args, run, result, settings, meta, val_split)
+        save_outputs(args, run, result, settings, declared, meta, (val_split, datasets["val"]))
 
 
 def save_outputs(args: argparse.Namespace, run: StageRun, result: FitResult,
-                 settings: Settings, meta: Meta, val_split: Split) -> None:
-    """Log the model and the summary metrics; write the model, plots and metrics files."""
+                 settings: Settings, declared: Settings, meta: Meta,
+                 validation: tuple[Split, SplitDataset]) -> None:
+    """Log the model with its validation scores; write the model, plots and metrics files."""
     recipe, best, kept = settings.train, result.best, result.kept
-    run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
-                     "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
-                     "val/kept_accuracy": kept.val_accuracy})
+    val_split, val_dataset = validation
     arch = architecture(recipe, meta)
     info = {"mlflow_run_id": run.run_id, "data_version": meta.data_version,
             "lineage": run.lineage}
     with tempfile.TemporaryDirectory() as folder:  # the weights the logged model carries
         weights = Path(folder) / "weights.pt"
         save_model(weights, result.model, arch, info)
-        model_uri = log_classifier(result.model, arch.preprocessing(), weights,
-                                   val_split.images[:INPUT_EXAMPLE_SIZE].numpy())
-    save_model(args.model, result.model, arch, {**info, "mlflow_model_uri": model_uri})
+        logged = log_classifier(result.model, arch.preprocessing(), weights,
+                                val_split.images[:INPUT_EXAMPLE_SIZE].numpy(),
+                                flatten(settings, ("train",)), result.kept_epoch)
+    # the logged model's own validation scores (its Models tab row)
+    run.log_metrics({"best_epoch": result.best_epoch, "val/best_accuracy": best.val_accuracy,
+                     "val/best_loss": best.val_loss, "kept_epoch": result.kept_epoch,
+                     "val/kept_accuracy": kept.val_accuracy, "val/kept_loss": kept.val_loss},
+                    step=result.kept_epoch, model_id=logged.model_id,
+                    dataset=val_dataset)
+    save_model(args.model, result.model, arch, {**info, "mlflow_model_uri": logged.model_uri,
+                                                "mlflow_model_id": logged.model_id})
+    run.log_used({key: flatten(settings, ("train",))[key] for key in TUNED}, declared)
     run.log_to_pipeline(metrics={"val/best_accuracy": best.val_accuracy,
-                                 "val/kept_accuracy": kept.val_accuracy},
-                        params={"tuned/lr": recipe.lr, "tuned/batch_size": recipe.batch_size})
+                                 "val/kept_accuracy": kept.val_accuracy})
+    run.link_model(logged.model_id, result.kept_epoch)
     write_text(args.plots, history_csv(result.history))
     write_json(args.metrics, summary(result, run.run_id))
     print(f"kept epoch {result.kept_epoch} ({recipe.keep}): val accuracy "

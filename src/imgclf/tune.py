@@ -22,6 +22,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
+from matplotlib import ticker
 from optuna.visualization import matplotlib as optuna_plots
 
 from imgclf.common.cli import run_process, stage_parser
@@ -29,7 +30,8 @@ from imgclf.common.errors import UserError
 from imgclf.common.files import project_root, write_json
 from imgclf.common.processes import process_id
 from imgclf.common.settings import Settings, load_settings
-from imgclf.data.splits import Meta, Split, load_meta, load_split, stratified_split
+from imgclf.data.splits import Meta, Split, load_meta, load_split, split_digest, stratified_split
+from imgclf.tracking.datasets import split_dataset
 from imgclf.tracking.orphans import close_orphaned_run, error_tag
 from imgclf.tracking.runs import StageRun, stage_run, trial_run
 from imgclf.tracking.starts import start_from
@@ -41,6 +43,8 @@ from imgclf.tuning import best_params, studies
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val/best_accuracy"
+# parameter importances from fewer completed trials than this are not drawn
+IMPORTANCE_TRIALS = 5
 
 
 @dataclass(frozen=True)
@@ -179,13 +183,24 @@ def enqueue_baseline(study: optuna.Study, settings: Settings) -> None:
 
 
 def log_plots(run: StageRun, study: optuna.Study) -> None:
-    """Optimization history, parameter importances and the lr / batch size slice plot."""
+    """Optuna's plots of the study: optimization history, each trial's per-epoch values,
+    the timeline, the lr / batch size slice plot and, once enough trials completed,
+    parameter importances."""
     plots = {
         "optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
-        "param_importances.png": lambda: optuna_plots.plot_param_importances(study),
+        "intermediate_values.png": lambda: optuna_plots.plot_intermediate_values(study),
+        "timeline.png": lambda: optuna_plots.plot_timeline(study),
         "slice_lr_batch_size.png": lambda: optuna_plots.plot_slice(
             study, params=["lr", "batch_size"]),
     }
+    completed = studies.count_states(study)["complete"]
+    if completed >= IMPORTANCE_TRIALS:
+        plots["param_importances.png"] = lambda: optuna_plots.plot_param_importances(study)
+    else:  # importances from a couple of trials are noise that looks like an answer
+        log.info("no parameter importances: %d completed trial(s), %d needed", completed,
+                 IMPORTANCE_TRIALS)
+        run.set_tags({"param_importances": f"not drawn: {completed} completed trials, "
+                                           f"{IMPORTANCE_TRIALS} needed"})
     for name, plot in plots.items():
         try:
             with warnings.catch_warnings():
@@ -201,6 +216,14 @@ def log_plots(run: StageRun, study: optuna.Study) -> None:
         if figure is None:
             continue
         figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
+        for ax in figure.axes:  # a log axis gets a few labels, not one per power crowding in
+            if ax.get_xscale() == "log":
+                ax.xaxis.set_major_locator(ticker.LogLocator(numticks=4))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+                ax.tick_params(axis="x", labelrotation=30)
+        with warnings.catch_warnings():  # colour bars keep their own place
+            warnings.filterwarnings("ignore", "This figure includes Axes that are not")
+            figure.tight_layout()
         run.log_figure(figure, name)
         plt.close(figure)
 
@@ -253,9 +276,10 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
     best, value = study.best_trial, study.best_value
     summary = {"val": {"best_accuracy": value}, "best_trial": best.number,
                "trials": counts, "study": name}
-    run.log_metrics({OBJECTIVE: value, "best_trial": best.number,
-                     **{f"trials/{state}": n for state, n in counts.items()}})
-    run.log_params({f"best/{key}": value for key, value in best.params.items()})
+    run.log_metrics({OBJECTIVE: value})
+    # facts of the search, not scores
+    run.log_params({"best_trial": best.number,
+                    **{f"trials.{state}": n for state, n in counts.items()}})
     log_plots(run, study)
     return best.params, summary
 
@@ -278,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                    deps=[args.data]) as run:
         if start is not None:
             run.set_tags(start.tags)
+        run.log_datasets({name: split_dataset(meta, name, split_digest(args.data, name))
+                          for name in ("train", "val")})
         if settings.tune.enabled:
             best, summary = tune(settings, args.data.resolve(), root, run)
             source = f"best of study {summary['study']}"
@@ -290,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         best_params.write(args.best, best_params.BestParams(
             best["lr"], best["batch_size"], run.lineage), source)
         write_json(args.metrics, summary)
-        run.log_to_pipeline(params={"tuned/lr": best["lr"], "tuned/batch_size": best["batch_size"]})
+        # the chosen values, under the names the trials and the train run use
+        run.log_used({"train.lr": best["lr"], "train.batch_size": best["batch_size"]},
+                     settings)
         print(f"lr {best['lr']:.6g}, batch size {best['batch_size']} ({source})")
     return 0
 

@@ -68,6 +68,7 @@ class Meta:
     data_version: str = ""
     lineage: dict[str, str] = field(default_factory=dict)
     resize: str = "squash"  # how an image of another size is brought to image_shape
+    source: str = ""  # where the images came from: a folder, an archive or a mirror's URL
 
 
 def stratified_split(labels: torch.Tensor, first: int | float, seed: int

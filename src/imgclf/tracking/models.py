@@ -12,14 +12,17 @@ from __future__ import annotations
 import base64
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, Schema
 
 from imgclf.common.errors import UserError, one_line
@@ -34,8 +37,9 @@ SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", COLUMN, required=Fal
 
 
 def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weights: Path,
-                   examples: np.ndarray) -> str:
-    """Log ``network`` in the active run as the model ``model``; return its URI.
+                   examples: np.ndarray, params: Mapping[str, Any], step: int) -> ModelInfo:
+    """Log ``network`` in the active run as the model ``model``, with the recipe ``params``
+    it was trained with and the epoch (``step``) its weights are from.
 
     ``examples`` (uint8 images) become the input example, as base64 PNGs.
     """
@@ -49,7 +53,7 @@ def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weigh
         program_file, weights_file = Path(folder) / "model.pt2", Path(folder) / WEIGHTS_ARTIFACT
         torch.export.save(program, program_file)
         shutil.copyfile(weights, weights_file)
-        info = mlflow.pyfunc.log_model(
+        info: ModelInfo = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_MODEL),
             artifacts={"program": str(program_file), "weights": str(weights_file)},
@@ -58,8 +62,10 @@ def log_classifier(network: torch.nn.Module, preprocessing: Preprocessing, weigh
             input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"mlflow=={mlflow.__version__}", "pillow", "pandas"],
+            params={key: str(value) for key, value in params.items()},
+            step=step,
         )
-    return str(info.model_uri)
+    return info
 
 
 @dataclass(frozen=True)

@@ -18,32 +18,52 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.data.dataset import Dataset
+from mlflow.entities import (
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgclf.common.errors import Terminated
 from imgclf.common.processes import process_id, start_time
 from imgclf.common.settings import Settings
+from imgclf.tracking.datasets import CONTEXTS
 from imgclf.tracking.orphans import close_orphaned_runs, error_tag
 from imgclf.tracking.provenance import (
     PROCESS_TAG,
     dvc_lock_hashes,
     dvc_process,
+    pipeline_description,
     run_tags,
     seed_group,
 )
 from imgclf.tracking.store import connect
 
 # Which params.yaml sections each stage logs as MLflow params ("train.lr", ...), the same
-# names ``dvc exp run -S`` and ``dvc params diff`` use.
+# names ``dvc exp run -S`` and ``dvc params diff`` use; the pipeline run logs them all.
 STAGE_SECTIONS = {
     "download": ("data", "download"),
     "preprocess": ("data",),
-    "tune": ("data", "train", "tune"),
-    "train": ("data", "train"),
-    "evaluate": ("data", "evaluate"),
+    "tune": ("tune",),
+    "train": ("train",),
+    "evaluate": ("evaluate",),
 }
+# The params the train stage takes from the tune stage: the pipeline run shows the values
+# used, logged by the stage that knows them, and a params.yaml value that lost as
+# ``unused_baseline/<name>``.
+TUNED = ("train.lr", "train.batch_size")
+UNUSED = "unused_baseline/"
+DESCRIPTION_TAG = "mlflow.note.content"
+RESULT = "\n\nResult: "
 
 
 # The stages whose runs carry MLflow's system metrics (CPU, memory, GPU when present).
@@ -73,17 +93,66 @@ class StageRun:
         """Run ids of this stage and of every stage upstream: stored in the outputs."""
         return {**self.upstream, self.stage: self.run_id}
 
-    def log_to_pipeline(self, metrics: Mapping[str, float] | None = None,
-                        params: Mapping[str, Any] | None = None) -> None:
-        """Summarise on the pipeline run (when DVC runs the stage) so runs compare at a glance."""
+    @property
+    def pipeline(self) -> StageRun | None:
+        """The pipeline run this stage runs under (``None`` outside DVC)."""
         if self.pipeline_run_id is None:
+            return None
+        return StageRun(self.pipeline_run_id, self.experiment_id, "pipeline")
+
+    def log_to_pipeline(self, metrics: Mapping[str, float] | None = None,
+                        params: Mapping[str, Any] | None = None,
+                        artifacts: Sequence[tuple[str | Path, str | None]] = ()) -> None:
+        """Summarise on the pipeline run (when DVC runs the stage) so runs compare at a glance.
+
+        Params already there are kept (MLflow params never change): the first stage that
+        knows a value logs it.
+        """
+        if (pipeline := self.pipeline) is None:
             return
-        pipeline = StageRun(self.pipeline_run_id, self.experiment_id)
         if metrics:
             pipeline.log_metrics(metrics)
         if params:
-            existing = self._client.get_run(self.pipeline_run_id).data.params
+            existing = self._client.get_run(pipeline.run_id).data.params
             pipeline.log_params({k: v for k, v in params.items() if k not in existing})
+        for path, folder in artifacts:
+            pipeline.log_artifact(path, folder)
+
+    def log_used(self, used: Mapping[str, Any], declared: Settings) -> None:
+        """The tuned values this run used (``train.lr``...), each params.yaml value that was
+        not used as ``unused_baseline/<name>``, here and on the pipeline run."""
+        baseline = flatten(declared, ("train",))
+        params = dict(used) | {f"{UNUSED}{key}": baseline[key] for key, value in used.items()
+                               if key in baseline and baseline[key] != value}
+        self.log_params(params)
+        self.log_to_pipeline(params=params)
+
+    def log_datasets(self, datasets: Mapping[str, Dataset]) -> None:
+        """Record the splits this run read (``{"train": dataset, ...}``) as its MLflow inputs,
+        and on the pipeline run."""
+        inputs = [DatasetInput(dataset._to_mlflow_entity(),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, CONTEXTS.get(split, split))])
+                  for split, dataset in datasets.items()]
+        for run in (self, self.pipeline):
+            if run is not None:
+                self._client.log_inputs(run.run_id, datasets=inputs)
+
+    def use_model(self, model_id: str) -> None:
+        """Record that this run read the logged model ``model_id`` (an MLflow model input)."""
+        self._client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+
+    def link_model(self, model_id: str, step: int) -> None:
+        """List the logged model among the pipeline run's models (its Logged models panel)."""
+        if (pipeline := self.pipeline) is not None:
+            self._client.log_outputs(pipeline.run_id, [LoggedModelOutput(model_id, step)])
+
+    def describe_result(self, result: str) -> None:
+        """End the pipeline run's description with the result (replacing an earlier one)."""
+        if (pipeline := self.pipeline) is None:
+            return
+        tags = self._client.get_run(pipeline.run_id).data.tags
+        head = tags.get(DESCRIPTION_TAG, "").split(RESULT)[0]
+        pipeline.set_tags({DESCRIPTION_TAG: f"{head}{RESULT}{result}"})
 
     @property
     def _client(self) -> MlflowClient:
@@ -93,11 +162,16 @@ class StageRun:
         self._client.log_batch(self.run_id, params=[
             Param(key, str(value)) for key, value in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log several metrics in one call (one batch request per epoch)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
+                    model_id: str | None = None, dataset: Dataset | None = None) -> None:
+        """Log several metrics in one call (one batch request per epoch); with ``model_id``
+        and ``dataset`` they are also the logged model's scores on that dataset."""
         now = int(time.time() * 1000)
+        name, digest = (dataset.name, dataset.digest) if dataset is not None else (None, None)
         self._client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
+            Metric(key, float(value), now, step or 0, model_id=model_id, dataset_name=name,
+                   dataset_digest=digest)
+            for key, value in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._client.log_batch(self.run_id, tags=[
@@ -128,16 +202,21 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
         run_id = str(found[0].info.run_id)
         client.update_run(run_id, status="RUNNING")
         return run_id
-    tags = run_tags("pipeline", settings) | {"pipeline_key": key, PROCESS_TAG: process_id(proc),
-                                             "seed_group": seed_group(settings)}
+    command = " ".join([Path(proc.cmdline()[0]).name, *proc.cmdline()[1:]])
+    tags = run_tags("pipeline", settings, source=command) | {
+        "pipeline_key": key, PROCESS_TAG: process_id(proc), "seed_group": seed_group(settings)}
+    tags[DESCRIPTION_TAG] = pipeline_description(tags)
     # a runs table of many experiments needs names that tell them apart
     label = tags.get("dvc_exp_name") or tags.get("git_commit", "")[:7] or "workspace"
     name = f"pipeline · {label}"
     run = client.create_run(experiment_id, run_name=name, tags=tags)
+    # every section, except the values the tune stage decides (logged as used, later)
+    params = flatten(settings, tuple(type(settings).model_fields))
     client.log_batch(run.info.run_id, params=[
-        Param(key, str(value))
-        for key, value in flatten(settings, tuple(type(settings).model_fields)).items()
-    ])
+        Param(key, str(value)) for key, value in params.items() if key not in TUNED])
+    for path in (Path("params.yaml"), Path("dvc.yaml")):
+        if path.is_file():
+            client.log_artifact(run.info.run_id, str(path), "pipeline")
     return str(run.info.run_id)
 
 
@@ -238,8 +317,11 @@ def trial_run(
     for real kills. Works in worker processes that have no active run.
     """
     client = MlflowClient()
+    # where the code came from, as on the tuning run
+    source = {key: value for key, value in client.get_run(parent_run_id).data.tags.items()
+              if key.startswith(("mlflow.source.", "git_"))}
     run = client.create_run(experiment_id, run_name=name, tags={
-        **{key: str(value) for key, value in tags.items()},
+        **source, **{key: str(value) for key, value in tags.items()},
         "mlflow.parentRunId": parent_run_id, PROCESS_TAG: process_id()})
     handle = StageRun(run.info.run_id, experiment_id)
     handle.log_params(params)
@@ -263,6 +345,17 @@ def run_metrics(run_id: str) -> dict[str, float]:
         return dict(MlflowClient().get_run(run_id).data.metrics)
     except MlflowException:
         return {}
+
+
+def used_values(run_id: str) -> dict[str, str]:
+    """The tuned values a (train) run used, and the baselines it did not use (empty if the
+    run is unknown)."""
+    try:
+        params = MlflowClient().get_run(run_id).data.params
+    except MlflowException:
+        return {}
+    return {key: value for key, value in params.items()
+            if key in TUNED or key.removeprefix(UNUSED) in TUNED}
 
 
 def pipeline_runs(experiment: str, limit: int) -> list[dict[str, Any]]:

@@ -57,11 +57,13 @@ class EpochStats:
     images_per_s: float
 
     def metrics(self) -> dict[str, float]:
-        """The MLflow metric names; ``val/accuracy`` is also the tuning objective."""
+        """The MLflow metric names; ``val/accuracy`` is also the tuning objective, and
+        ``lr_schedule`` the epoch's learning rate (not the ``train.lr`` param)."""
         return {
             "train/loss": self.train_loss, "train/accuracy": self.train_accuracy,
             "val/loss": self.val_loss, "val/accuracy": self.val_accuracy,
-            "lr": self.lr, "epoch_seconds": self.seconds, "images_per_s": self.images_per_s,
+            "lr_schedule": self.lr, "epoch_seconds": self.seconds,
+            "images_per_s": self.images_per_s,
         }
 
 
