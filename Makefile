@@ -8,6 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 5000
 SERVE_PORT ?= 5001
+DASHBOARD_PORT ?= 8080
 DB ?=
 ARTIFACTS ?= $(abspath mlartifacts)
 N ?= 10
@@ -17,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro exp seeds report test test-fast lint bench bench-long ui server serve compare clean
+.PHONY: help setup data run repro exp seeds report test test-fast lint bench bench-long ui dashboard server serve compare clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,6 +91,9 @@ lint: setup ## ruff on the code, tests and benchmarks; mypy's type check of src/
 
 ui: setup ## MLflow UI on the project store (127.0.0.1:5000; set HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+
+dashboard: setup ## optuna-dashboard on the current study (127.0.0.1:8080; DASHBOARD_PORT= to change)
+	$(BIN)/python -m imgclf.dashboard --host $(HOST) --port $(DASHBOARD_PORT)
 
 server: setup ## team MLflow server: DB=postgresql://user@host/db ARTIFACTS=dir|s3://bucket/path
 	@test -n "$(DB)" || { echo "set DB=postgresql://user@host/db (password: PGPASSWORD or ~/.pgpass)"; exit 2; }

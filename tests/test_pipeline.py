@@ -192,11 +192,32 @@ def test_repro_runs_every_stage_tracked_and_nested(history):
         assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
         assert run.data.tags["dvc_stage"] == stage
         assert len(run.data.tags["git_commit"]) == 40
-        assert run.data.tags["git_dirty"] in ("true", "false")
+        # a fresh commit: dvc.lock and the reports differ from it, but the pipeline writes
+        # those itself
+        assert run.data.tags["git_dirty"] == "false", run.data.tags.get("git_changed")
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
+        assert run.data.tags["mlflow.source.name"] == f"python -m imgclf.{stage}"
         assert run.data.tags["data_version"] == pipeline.data.tags["data_version"]
         assert pipeline.data.tags[f"run.{stage}"] == run.info.run_id
+    # the pipeline run: the command that ran it, a description with its result, the files
+    # behind it, the datasets and the model
+    assert pipeline.data.tags["mlflow.source.name"].startswith("dvc repro")
+    assert pipeline.data.tags["git_dirty"] == "false"
+    description = pipeline.data.tags["mlflow.note.content"]
+    assert description.startswith(f"dvc repro at {pipeline.data.tags['git_commit'][:7]}")
+    assert "Result: val accuracy" in description and "test accuracy" in description
+    artifacts = {a.path for a in MlflowClient(tracking_uri=f"sqlite:///{repo}/mlruns/mlflow.db").list_artifacts(
+        pipeline.info.run_id, "pipeline")}
+    assert artifacts == {"pipeline/params.yaml", "pipeline/dvc.yaml", "pipeline/dvc.lock"}
+    full = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlruns/mlflow.db").get_run(pipeline.info.run_id)
+    assert {d.dataset.name for d in full.inputs.dataset_inputs} == {"fashion-mnist"}
+    assert {t.value for d in full.inputs.dataset_inputs for t in d.tags} == {
+        "training", "validation", "test"}
+    assert len(full.outputs.model_outputs) == 1
     trials = history.runs("repro", "tune-trial")
     (tune_run,) = history.runs("repro", "tune")
+    assert {r.data.tags["mlflow.source.git.commit"] for r in trials} == {
+        pipeline.data.tags["git_commit"]}
     assert len(trials) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {tune_run.info.run_id}
     # the data version: dvc.lock's hash of each input, copied onto the stage that read it
@@ -226,7 +247,9 @@ def test_final_model_uses_the_tuned_values(history):
     assert float(train_run.data.params["train.lr"]) == tuned["lr"]
     assert train_run.data.params["train.batch_size"] == str(tuned["batch_size"])
     (pipeline,) = history.runs("more-trials", "pipeline")
-    assert float(pipeline.data.params["tuned/lr"]) == tuned["lr"]
+    # the values used, under the names the trials use
+    assert float(pipeline.data.params["train.lr"]) == tuned["lr"]
+    assert pipeline.data.params["train.batch_size"] == str(tuned["batch_size"])
 
 
 @pytest.mark.slow
@@ -546,7 +569,7 @@ def test_tracking_server_rest_api_ranks_pipeline_runs(history, server):
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert params["data.dataset"] == "fashion-mnist"
-        assert "train.lr" in params and "tuned/lr" in params
+        assert "train.lr" in params and "tuned/lr" not in params
         assert tags["stage"] == "pipeline" and "run.evaluate" in tags
 
 

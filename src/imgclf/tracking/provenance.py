@@ -154,6 +154,18 @@ def dvc_process() -> psutil.Process | None:
     return None
 
 
+def dvc_command(proc: psutil.Process) -> str:
+    """The ``dvc`` command line a process runs, e.g. ``dvc exp run -S train.lr=0.01``."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:
+        return "dvc"
+    for i, arg in enumerate(argv[:3]):
+        if Path(arg).name == "dvc":
+            return " ".join(["dvc", *argv[i + 1:]])
+    return " ".join(argv)
+
+
 def dvc_lock_hashes(paths: Sequence[str | Path], lock: Path = Path("dvc.lock")
                     ) -> dict[str, str]:
     """The MD5s ``dvc.lock`` records for the given paths (outputs of earlier stages)."""

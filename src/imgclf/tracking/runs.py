@@ -40,6 +40,7 @@ from imgclf.tracking.datasets import CONTEXTS
 from imgclf.tracking.orphans import close_orphaned_runs, error_tag
 from imgclf.tracking.provenance import (
     PROCESS_TAG,
+    dvc_command,
     dvc_lock_hashes,
     dvc_process,
     pipeline_description,
@@ -202,8 +203,7 @@ def _pipeline_run(client: MlflowClient, experiment_id: str, settings: Settings) 
         run_id = str(found[0].info.run_id)
         client.update_run(run_id, status="RUNNING")
         return run_id
-    command = " ".join([Path(proc.cmdline()[0]).name, *proc.cmdline()[1:]])
-    tags = run_tags("pipeline", settings, source=command) | {
+    tags = run_tags("pipeline", settings, source=dvc_command(proc)) | {
         "pipeline_key": key, PROCESS_TAG: process_id(proc), "seed_group": seed_group(settings)}
     tags[DESCRIPTION_TAG] = pipeline_description(tags)
     # a runs table of many experiments needs names that tell them apart

@@ -29,6 +29,11 @@ class TrackingError(UserError):
     """The tracking store cannot be reached or used."""
 
 
+# MLflow's experiment tag for the kind of work an experiment holds
+KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def redact(text: str) -> str:
     """``text`` with the password of any ``scheme://user:password@host`` replaced by ``***``."""
     return re.sub(r"(\w+://[^/\s:@]+:)[^@\s/]+@", r"\1***@", text)
@@ -109,10 +114,14 @@ def _experiment_id(uri: str, experiment: str, root: Path) -> str:
     with _fail_fast_http():
         found = client.get_experiment_by_name(experiment)
     if found is not None:
+        if KIND_TAG not in found.tags:  # made by an earlier version
+            client.set_experiment_tag(found.experiment_id, KIND_TAG, MODEL_TRAINING)
         return str(found.experiment_id)
     location = (root / STORE_DIR / "artifacts").as_uri() if uses_default_store() else None
     try:
-        return str(client.create_experiment(experiment, artifact_location=location))
+        # the UI opens a model-training experiment on its training runs, not the GenAI view
+        return str(client.create_experiment(experiment, artifact_location=location,
+                                            tags={KIND_TAG: MODEL_TRAINING}))
     except MlflowException:  # created meanwhile by a concurrent stage
         found = client.get_experiment_by_name(experiment)
         if found is None:
