@@ -10,7 +10,7 @@ import pytest
 from .conftest import PACKAGE
 
 STAGES = ("download", "preprocess", "tune", "train", "evaluate")
-TOOLS = ("serve", "compare", "presets", "predict", "report")
+TOOLS = ("serve", "compare", "presets", "predict", "report", "dashboard")
 MAX_FUNCTION_LINES = 60
 
 
