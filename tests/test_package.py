@@ -4,6 +4,8 @@ functions."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,15 @@ def test_nothing_happens_at_import_time():
             if isinstance(node, ast.If):  # only the __main__ guard
                 assert "__main__" in ast.unparse(node.test), name
 
+
+
+@pytest.mark.parametrize("command", [*STAGES, *TOOLS])
+def test_help_names_the_command_as_typed_and_describes_it_in_a_sentence(command):
+    done = subprocess.run([sys.executable, "-m", f"imgclf.{command}", "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=PACKAGE.parents[1])
+    assert done.returncode == 0, done.stderr
+    usage, _, rest = done.stdout.partition("\n\n")
+    assert usage.startswith(f"usage: python -m imgclf.{command} ")
+    summary = " ".join(rest.split("\n\n")[0].split())
+    assert summary[0].isupper() and summary.endswith("."), summary
+    assert "``" not in done.stdout

@@ -21,9 +21,27 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
+def program_name(argv0: str | None = None) -> str:
+    """How the user ran this command: ``python -m imgclf.train`` or ``imgclf-compare``."""
+    path = Path(argv0 if argv0 is not None else sys.argv[0])
+    if path.suffix == ".py" and path.parent.name == "imgclf":
+        return f"python -m imgclf.{path.stem}"
+    return path.name or "imgclf"
+
+
+def description(doc: str | None) -> str:
+    """The first paragraph of a module docstring, as ``--help`` prints it."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split()).replace("``", "`")
+
+
+def _parser(doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=program_name(), description=description(doc))
+
+
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser described by the module docstring, with ``--params``."""
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser = _parser(doc)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the params file (default: params.yaml)")
     return parser
@@ -32,7 +50,7 @@ def stage_parser(doc: str | None) -> argparse.ArgumentParser:
 def tool_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser for a tool run from anywhere inside the project: ``--params`` defaults to the
     project root's ``params.yaml`` (see :func:`project_folder`)."""
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser = _parser(doc)
     parser.add_argument("--params", type=Path, default=None,
                         help="the params file (default: params.yaml at the project root)")
     return parser
