@@ -35,7 +35,8 @@ def logged(settings, tmp_path, arch: Architecture = ARCH) -> tuple[str, torch.nn
     save_model(weights, model, arch, {"mlflow_run_id": "r"})
     examples = np.random.default_rng(0).integers(0, 256, (2, *arch.in_shape), dtype=np.uint8)
     with stage_run("train", settings):
-        return log_classifier(model, arch.preprocessing(), weights, examples), model
+        logged = log_classifier(model, arch.preprocessing(), weights, examples, {}, 1)
+        return logged.model_uri, model
 
 
 def b64(image: Image.Image, fmt: str = "PNG") -> str:

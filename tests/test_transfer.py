@@ -143,7 +143,7 @@ def test_a_registered_model_is_a_start_that_records_its_version(project, client,
     path, model = _saved(tmp_path, arch, mlflow_run_id="parent-run")
     with stage_run("train", settings):
         uri = log_classifier(model, arch.preprocessing(), path,
-                             torch.zeros(1, 1, 28, 28, dtype=torch.uint8).numpy())
+                             torch.zeros(1, 1, 28, 28, dtype=torch.uint8).numpy(), {}, 1).model_uri
     register_model("clf", uri, {}, lambda champion, version: (True, {}))
     start = start_from("models:/clf@champion", "cnn", "tests")
     assert start.tags["init_model"] == "clf" and start.tags["init_version"] == "1"
