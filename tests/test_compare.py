@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from imgclf import compare
+from imgclf.commands import compare as board_work
 from imgclf.common.cli import run_stage
 from imgclf.evaluation.comparison import groups_verdict
 from imgclf.evaluation.scores import Predictions
@@ -34,13 +35,13 @@ def result(run_id: str, test: float, lr: str = "0.01", seed: str = "0", group: s
                   metrics, tags, run_id, None)
 
 
-def board(entries: list[compare.Entry], sort: str = "test/accuracy") -> list[dict[str, str]]:
-    columns, rows = compare.leaderboard(entries, sort)
+def board(entries: list[board_work.Entry], sort: str = "test/accuracy") -> list[dict[str, str]]:
+    columns, rows = board_work.leaderboard(entries, sort)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def test_a_single_run_shows_its_interval_and_only_params_that_differ():
-    rows = board(compare.entries([result("a" * 32, 0.80, "0.1", exp="one"),
+    rows = board(board_work.entries([result("a" * 32, 0.80, "0.1", exp="one"),
                                   result("b" * 32, 0.9303, "0.01", half=0.0050)]))
     assert list(rows[0]) == ["run", "experiment", "train.lr", "val/accuracy", "test/accuracy",
                              "vs best (test/accuracy)"]
@@ -53,7 +54,7 @@ def test_a_single_run_shows_its_interval_and_only_params_that_differ():
 
 def test_runs_on_the_same_images_are_marked_by_a_paired_test():
     labels = np.arange(400) % CLASSES
-    best, close, worse = (compare.Entry([result(f"{i}" * 32, acc)]) for i, acc in
+    best, close, worse = (board_work.Entry([result(f"{i}" * 32, acc)]) for i, acc in
                           ((1, 0.95), (2, 0.94), (3, 0.80)))
     best.predictions = predictions(labels, 20)
     close.predictions = predictions(labels, 24)  # 4 more mistakes of 400: noise
@@ -66,13 +67,13 @@ def test_runs_on_the_same_images_are_marked_by_a_paired_test():
 
 def test_runs_scored_on_other_images_are_not_comparable():
     labels = np.arange(100) % CLASSES
-    best = compare.Entry([result("1" * 32, 0.9)], predictions(labels, 10))
-    other = compare.Entry([result("2" * 32, 0.5, digest="other")], predictions(labels, 50))
+    best = board_work.Entry([result("1" * 32, 0.9)], predictions(labels, 10))
+    other = board_work.Entry([result("2" * 32, 0.5, digest="other")], predictions(labels, 50))
     assert board([best, other])[1]["vs best (test/accuracy)"] == "not comparable"
 
 
 def test_seed_groups_are_one_row_with_mean_sd_and_interval_of_the_mean():
-    found = compare.entries([
+    found = board_work.entries([
         result("1" * 32, 0.930, seed="0", group="g"),
         result("2" * 32, 0.931, seed="1", group="g"),
         result("3" * 32, 0.929, seed="2", group="g"),
@@ -86,7 +87,7 @@ def test_seed_groups_are_one_row_with_mean_sd_and_interval_of_the_mean():
     assert rows[0]["train.lr"] == "0.01"
     # one run of another recipe against the group: outside its prediction interval
     assert rows[1]["vs best (test/accuracy)"] == "worse"
-    (note,) = compare.group_notes(found, "test/accuracy")
+    (note,) = board_work.group_notes(found, "test/accuracy")
     assert note.startswith("seed group g: 3 runs of one recipe (train.seed 0, 1, 2), "
                            "test/accuracy 0.9300 ± 0.0010 sd.")
     assert "not significant as a change of recipe" in note

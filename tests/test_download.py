@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from imgclf import download
+from imgclf.commands import download as download_work
 from imgclf.common.cli import run_stage
 from imgclf.data import datasets
 from imgclf.data.datasets import DataError
@@ -109,7 +110,7 @@ def test_urls_are_tried_after_mirrors(tmp_path, http_mirror):
                     urls=(url + "missing/", url))
     out = tmp_path / "raw"
 
-    fetched = download.download(spec, [tmp_path / "no-mirror"], True, 10, out)
+    fetched = download_work.download(spec, [tmp_path / "no-mirror"], True, 10, out)
 
     assert [f.source for f in fetched] == [url + name for name in files]
     assert all((out / name).read_bytes() == data for name, data in files.items())
@@ -119,7 +120,7 @@ def test_offline_skips_urls(tmp_path, http_mirror):
     folder, url = http_mirror
     spec = spec_for(datasets.DATASETS["fashion-mnist"], write_idx_dataset(folder), urls=(url,))
     with pytest.raises(DataError) as caught:
-        download.download(spec, [], False, 10, tmp_path / "raw")
+        download_work.download(spec, [], False, 10, tmp_path / "raw")
     assert url not in str(caught.value)
     assert "download.online: true" in str(caught.value)
 

@@ -36,13 +36,18 @@ def test_the_top_level_holds_only_the_commands():
     top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
     assert top == {*STAGES, *TOOLS}
     assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == {
-        "common", "data", "evaluation", "inference", "training", "tuning", "tracking"}
+        "commands", "common", "data", "evaluation", "inference", "training", "tuning",
+        "tracking"}
+    assert {path.stem for path in (PACKAGE / "commands").glob("*.py")} - {"__init__"} <= top
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_no_command_is_imported_by_another_module(name):
     commands = {f"imgclf.{command}" for command in (*STAGES, *TOOLS)}
     assert not imports(modules()[name]) & (commands - {name})
+    # a command's work is imported by its own command line only
+    work = {f"imgclf.commands.{command}" for command in (*STAGES, *TOOLS)}
+    assert not imports(modules()[name]) & (work - {name.replace("imgclf.", "imgclf.commands.")})
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
@@ -88,9 +93,13 @@ def test_nothing_happens_at_import_time():
 
 @pytest.mark.parametrize("command", [*STAGES, *TOOLS])
 def test_help_names_the_command_as_typed_and_describes_it_in_a_sentence(command):
-    done = subprocess.run([sys.executable, "-m", f"imgclf.{command}", "--help"],
-                          capture_output=True, text=True, timeout=120, cwd=PACKAGE.parents[1])
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"imgclf.{command}",
+                           "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parents[1])
     assert done.returncode == 0, done.stderr
+    # answered without loading torch or MLflow (seconds each): importtime names every module
+    loaded = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
+    assert not loaded & {"torch", "mlflow"}, command
     usage, _, rest = done.stdout.partition("\n\n")
     assert usage.startswith(f"usage: python -m imgclf.{command} ")
     summary = " ".join(rest.split("\n\n")[0].split())

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from imgclf import predict
+from imgclf.commands import predict as predict_work
 from imgclf.common.cli import EXIT_USER_ERROR, run_stage
 from imgclf.common.errors import UserError
 from imgclf.data.splits import Meta, Split, load_split, save_splits
@@ -41,11 +42,11 @@ def images(tmp_path):
 
 
 def test_paths_expand_to_files_folders_and_globs_once_each(images):
-    found = predict.expand([str(images), str(images / "a.png"), str(images / "**" / "*.jpg")])
+    found = predict_work.expand([str(images), str(images / "a.png"), str(images / "**" / "*.jpg")])
     assert [p.relative_to(images).as_posix() for p in found] == ["a.png", "notes.txt",
                                                                  "sub/b.jpg"]
     with pytest.raises(UserError, match="no such file or folder"):
-        predict.expand([str(images / "missing.png")])
+        predict_work.expand([str(images / "missing.png")])
 
 
 def test_rows_name_classes_and_bad_files_get_an_error(images, model_file, tmp_path, capsys):
@@ -94,7 +95,7 @@ def test_exported_samples_come_back_with_their_labels_and_accuracy(tmp_path, mod
     assert run_stage(predict.main, ["--export-samples", str(out), "--data",
                                     str(tmp_path / "data")]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["blue", "red_ish"]
-    back = predict.expand([str(out)])
+    back = predict_work.expand([str(out)])
     assert len(back) == 6
     capsys.readouterr()
     assert run_stage(predict.main, [str(out), "--model", str(model_file)]) == 0

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from imgclf import preprocess
+from imgclf.commands import preprocess as preprocess_work
+from imgclf.commands.preprocess import read_cifar_binary, read_idx, read_raw
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import parse_settings
 from imgclf.data.datasets import DATASETS, DataError
 from imgclf.data.splits import Split, channel_stats, load_meta, load_split
-from imgclf.preprocess import read_cifar_binary, read_idx, read_raw
 
 from .conftest import (
     FMNIST_DIR,
@@ -30,7 +31,7 @@ def test_sample_grid_shows_each_class_in_its_labelled_row(channels):
     # every image of class c is filled with the value 20 * c, so each row can be recognised
     labels = torch.arange(30) % 3
     images = (labels * 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, channels, 4, 5)
-    figure = preprocess.sample_grid(Split(images.contiguous(), labels), ["a", "b", "c"],
+    figure = preprocess_work.sample_grid(Split(images.contiguous(), labels), ["a", "b", "c"],
                                     per_class=2)
     (ax,) = figure.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
@@ -90,7 +91,7 @@ def test_cifar10_binary_archive(tmp_path):
     write_cifar_archive(raw / "cifar-10-binary.tar.gz", per_batch=20, n_test=40)
     cfg = parse_settings(repo_params(**{"data.dataset": "cifar10", "data.val_fraction": 0.2,
                                         "train.model": "cifar_cnn"})).data
-    splits, meta = preprocess.preprocess(raw, DATASETS["cifar10"], cfg)
+    splits, meta = preprocess_work.preprocess(raw, DATASETS["cifar10"], cfg)
     assert splits["train"].images.shape == (80, 3, 32, 32)
     assert len(meta.mean) == 3 and len(meta.std) == 3
     assert meta.classes[0] == "airplane"

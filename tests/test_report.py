@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from imgclf import evaluate, report, train
+from imgclf.commands import report as report_work
 from imgclf.common.cli import run_stage
 from imgclf.common.errors import UserError
 from imgclf.evaluation.document import Document, Image, markdown, to_html
@@ -99,4 +100,4 @@ def test_document_renders_markdown_with_files_and_html_with_inlined_images():
 
 def test_unknown_references_raise_before_anything_is_written(project):
     with pytest.raises(UserError, match="imgclf-compare lists the runs"):
-        report.side("0" * 32, "tests", project)
+        report_work.side("0" * 32, "tests", project)

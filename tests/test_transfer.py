@@ -159,7 +159,7 @@ def test_a_registered_model_is_a_start_that_records_its_version(project, client,
 def test_fine_tuning_the_registered_model_beats_random_init_on_a_small_budget(tmp_path):
     from PIL import Image
 
-    from imgclf.preprocess import read_idx
+    from imgclf.commands.preprocess import read_idx
 
     from .conftest import FMNIST_DIR, dvc, make_repo
 

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from ruamel.yaml import YAML
 
 from imgclf import train, tune
+from imgclf.commands import tune as tune_work
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import SettingsError, load_settings, parse_settings
 from imgclf.training import trainer
@@ -123,7 +124,7 @@ def test_plots_of_trials_that_share_a_batch_size_log_without_warnings(recwarn):
         def set_tags(self, values):
             tags.update(values)
 
-    tune.log_plots(Run(), study)
+    tune_work.log_plots(Run(), study)
 
     assert {"slice_lr_batch_size.png", "intermediate_values.png", "timeline.png"} <= set(logged)
     # two completed trials say nothing about importances: not drawn, and the run says why
@@ -146,7 +147,7 @@ def test_same_params_same_trial_sequence(tune_params, project):
 def test_forced_pruner_prunes_every_trial(tune_params, project, client, monkeypatch, capsys,
                                           caplog):
     tune_params(tune__n_trials=3)
-    caplog.set_level(logging.INFO, logger="imgclf.tune")
+    caplog.set_level(logging.INFO, logger="imgclf.commands.tune")
     # accuracy never exceeds 1.0, so this pruner stops every trial after its first epoch
     monkeypatch.setattr(studies, "make_pruner",
                         lambda cfg: optuna.pruners.ThresholdPruner(lower=1.01))
@@ -182,7 +183,7 @@ def test_nan_or_crashing_trial_fails_and_the_study_goes_on(tune_params, project,
                                                "scheduler": "none", "model": "mlp"})
         return trainer.train(train_split, val_split, meta, recipe, on_epoch=on_epoch)
 
-    monkeypatch.setattr(tune, "train", diverging_second_trial)
+    monkeypatch.setattr(tune_work, "train", diverging_second_trial)
 
     assert run_stage(tune.main, TUNE_ARGS) == 0
 
