@@ -60,6 +60,9 @@ def test_sampler_comes_from_the_params_and_each_worker_draws_its_own_trials():
     sampler = studies.make_sampler(cfg)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._n_startup_trials == 5
+    gp = studies.make_sampler(tune_settings(**{"tune.sampler": "gp", "tune.startup_trials": 5}))
+    assert isinstance(gp, optuna.samplers.GPSampler)
+    assert gp._n_startup_trials == 5
     assert proposals(0) == proposals(0)  # seeded: the same search every time
     assert proposals(0) != proposals(1)
 

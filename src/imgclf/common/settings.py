@@ -173,6 +173,7 @@ class TuneSettings(_Section):
     train_fraction: Finite = Field(gt=0, le=1)
     lr: LogRange
     batch_size: tuple[int, ...] = Field(min_length=1)
+    sampler: Literal["tpe", "gp"]
     startup_trials: int = Field(ge=0, le=1000)
     sampler_seed: int
     pruner: Literal["median", "hyperband", "none"]

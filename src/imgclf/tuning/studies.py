@@ -82,12 +82,15 @@ def open_storage(url: str) -> BaseStorage:
 
 
 def make_sampler(cfg: TuneSettings, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded TPE after ``tune.startup_trials`` random trials.
+    """The seeded ``tune.sampler`` (TPE or a Gaussian process) after ``tune.startup_trials``
+    random trials.
 
     Each worker gets its own seed, or parallel workers would propose the same trials.
     """
-    return optuna.samplers.TPESampler(seed=cfg.sampler_seed + worker,
-                                      n_startup_trials=cfg.startup_trials)
+    seed = cfg.sampler_seed + worker
+    if cfg.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
 
 
 def make_pruner(cfg: TuneSettings) -> optuna.pruners.BasePruner:
