@@ -18,10 +18,10 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run repro exp seeds report test test-fast lint bench bench-long ui dashboard server serve compare clean
+.PHONY: help setup data run repro exp seeds report test test-fast lint bench bench-long bench-recipes ui dashboard server serve compare clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 # pip writes bytecode at install time (even under PYTHONDONTWRITEBYTECODE), so every stage
 # process imports torch and MLflow in ~5 s instead of ~12 s.
@@ -84,6 +84,9 @@ bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~
 
 bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~35 min)
 	$(BIN)/python bench/run.py --only preset
+
+bench-recipes: setup ## the default recipe under 3 seeds and changes to it, on make bench's project (~25 min)
+	$(BIN)/python bench/run.py --only recipes
 
 lint: setup ## ruff on the code, tests and benchmarks; mypy's type check of src/
 	$(BIN)/ruff check src tests bench

@@ -28,33 +28,46 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from imgclf import tune
+from imgclf.commands import tune
 from imgclf.common.files import write_json, write_text
-from imgclf.common.settings import load_settings
-from imgclf.data.batches import batches
+from imgclf.common.settings import Settings, load_settings
+from imgclf.data.batches import batches, random_flip
 from imgclf.data.splits import Split, load_meta, load_split
-from imgclf.training.engine import EpochStats, fit, set_determinism
-from imgclf.training.trainer import architecture
+from imgclf.training.engine import EpochStats, fit, score, set_determinism
+from imgclf.training.trainer import architecture, train
 from imgclf.tuning import studies
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def interleave(a: Callable[[], float], b: Callable[[], float], repeats: int) -> dict:
-    """Run ``a`` and ``b`` alternately; each returns a time. Ratio = time(b) / time(a).
+def interleave_sides(sides: dict[str, Callable[[], float]], repeats: int) -> dict:
+    """Run the sides in turn (A B C A B C ...); each returns a time. For every side after the
+    first: the ratios time(side) / time(first side), one per round.
 
-    One untimed run of each comes first: the first run in a process also pays one-time
-    costs (kernel set-up, caches) that belong to neither side.
+    One untimed round comes first: the first run in a process also pays one-time costs
+    (kernel set-up, caches) that belong to no side.
     """
-    a(), b()
-    times_a, times_b = [], []
+    for side in sides.values():
+        side()
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        times_a.append(a())
-        times_b.append(b())
-    ratios = [tb / ta for ta, tb in zip(times_a, times_b, strict=True)]
-    return {"a_s": times_a, "b_s": times_b, "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        for name, side in sides.items():
+            times[name].append(side())
+    first, *others = sides
+    ratios = {name: [b / a for a, b in zip(times[first], times[name], strict=True)]
+              for name in others}
+    return {"seconds": times,
+            "ratios": {name: {"ratio_median": statistics.median(values),
+                              "ratio_min": min(values), "ratio_max": max(values)}
+                       for name, values in ratios.items()}}
+
+
+def interleave(a: Callable[[], float], b: Callable[[], float], repeats: int) -> dict:
+    """Two sides, ``a`` then ``b`` (:func:`interleave_sides`); ratio = time(b) / time(a)."""
+    result = interleave_sides({"a": a, "b": b}, repeats)
+    return {"a_s": result["seconds"]["a"], "b_s": result["seconds"]["b"],
+            **result["ratios"]["b"]}
 
 
 class Stopwatch:
@@ -88,12 +101,25 @@ def train_images(model: torch.nn.Module, loader, n_images: int) -> float:
     return time.perf_counter() - started
 
 
+def flip_halves(loader, seed: int = 0):
+    """Batches of ``loader`` with a random half of each mirrored, as ``augment: flip`` does."""
+    generator = torch.Generator().manual_seed(seed)
+    for x, y in loader:
+        yield random_flip(x.float().div_(255), generator), y
+
+
 def bench_data_path(data_dir: Path, raw_dir: Path, n_images: int, repeats: int) -> dict:
-    """The project's in-memory batches vs torchvision Dataset + DataLoader + ToTensor."""
+    """Three loaders feeding the same model the same flip-augmented batches of 128: the
+    project's batch loader; a ``TensorDataset`` + ``DataLoader`` over the same uint8 tensors,
+    flipping each batch (the strongest plain-PyTorch way); and torchvision's ``FashionMNIST``
+    + ``DataLoader`` with per-sample ``ToTensor``, ``RandomHorizontalFlip`` and ``Normalize``
+    (the tutorial way)."""
     from torchvision import datasets, transforms
 
     meta = load_meta(data_dir)
     split = load_split(data_dir, "train")
+    images = split.gather(torch.arange(len(split)))  # in memory, as the tensor loader needs
+    tensors = torch.utils.data.TensorDataset(images, split.labels)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "FashionMNIST" / "raw"
         folder.mkdir(parents=True)
@@ -102,18 +128,26 @@ def bench_data_path(data_dir: Path, raw_dir: Path, n_images: int, repeats: int) 
         dataset = datasets.FashionMNIST(tmp, train=True, download=False,
                                         transform=transforms.Compose([
                                             transforms.ToTensor(),
+                                            transforms.RandomHorizontalFlip(),
                                             transforms.Normalize(meta.mean, meta.std)]))
         results = {}
         for name in ("mlp", "cnn"):
             recipe = load_settings(ROOT / "params.yaml").train.model_copy(update={"model": name})
-            model = architecture(recipe, meta).build()
-            ours = lambda m=model: train_images(  # noqa: E731
-                m, batches(split, 128, generator=torch.Generator().manual_seed(0)), n_images)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True)
-            theirs = lambda m=model, ld=loader: train_images(m, ld, n_images)  # noqa: E731
-            result = interleave(ours, theirs, repeats)
-            result["ours_images_per_s"] = n_images / statistics.median(result["a_s"])
-            result["torchvision_images_per_s"] = n_images / statistics.median(result["b_s"])
+            # channels-last, as the train stage runs it; every side feeds this same model
+            model = architecture(recipe, meta).build().to(memory_format=torch.channels_last)
+            sides = {
+                "ours": lambda m=model: train_images(m, batches(
+                    split, 128, generator=torch.Generator().manual_seed(0), augment="flip"),
+                    n_images),
+                "tensors": lambda m=model: train_images(m, flip_halves(
+                    torch.utils.data.DataLoader(tensors, batch_size=128, shuffle=True)),
+                    n_images),
+                "torchvision": lambda m=model: train_images(m, torch.utils.data.DataLoader(
+                    dataset, batch_size=128, shuffle=True), n_images),
+            }
+            result = interleave_sides(sides, repeats)
+            result["images_per_s"] = {side: n_images / statistics.median(seconds)
+                                      for side, seconds in result["seconds"].items()}
             results[name] = result
     return results
 
@@ -285,6 +319,46 @@ def bench_preset(project: Path, name: str = "long") -> dict:
             "train_s": train_metrics["train_seconds"]}
 
 
+# The default recipe under three seeds, then changes to it, each on its own (the
+# default's tuned learning rate and batch size throughout).
+RECIPES = (
+    {},
+    {"seed": 1},  # the default under other seeds: the spread any change must beat
+    {"seed": 2},
+    {"epochs": 20},
+    {"epochs": 30},
+    {"width": 24},
+    {"label_smoothing": 0.1},
+    {"augment": "crop_flip", "epochs": 20},
+    {"batch_size": 256, "lr": 0.008, "epochs": 20},
+)
+
+
+def bench_recipes(project: Path) -> list[dict]:
+    """Train each of ``RECIPES`` on the pipeline project's splits: seconds, and validation and
+    test accuracy (a recipe is chosen on validation; test is shown, never used to choose)."""
+    from imgclf.tuning import best_params
+
+    data_dir = project / "data/processed"
+    settings = best_params.read(project / "reports/best_params.yaml").apply(
+        load_settings(project / "params.yaml"), "reports/best_params.yaml")
+    meta = load_meta(data_dir)
+    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
+    rows = []
+    for change in RECIPES:
+        recipe = settings.train.model_copy(update=change)
+        started = time.perf_counter()
+        result = train(splits["train"], splits["val"], meta, recipe)
+        seconds = time.perf_counter() - started
+        rows.append({"change": change, "train_s": seconds, "epochs": recipe.epochs,
+                     "val_accuracy": result.kept.val_accuracy,
+                     "test_accuracy": float(score(result.model, splits["test"],
+                                                  recipe.eval_batch_size).accuracy)})
+        print(f"  {change or 'default'}: {seconds:.0f} s, val {rows[-1]['val_accuracy']:.4f}",
+              flush=True)
+    return rows
+
+
 def accuracy_over_time(workdir: Path, before_train_s: float) -> list[dict]:
     """Validation accuracy after each epoch of the pipeline's own training, on its clock.
 
@@ -319,10 +393,38 @@ def bench_scaling(data_dir: Path) -> list[dict]:
     return rows
 
 
-def bench_pruning(data_dir: Path, workdir: Path) -> dict:
-    """The default search with its pruner vs without: trial-epochs spent, best accuracy."""
+SEARCH_BUDGET = {"n_trials": 24, "epochs": 6}  # a realistic search: 144 trial-epochs unpruned
+SAMPLER_SEEDS = (0, 1, 2)
+
+
+def search(settings: Settings, data_dir: Path, workdir: Path, experiment: str, name: str,
+           **tune_values: object) -> dict:
+    """Run one whole study of the tune stage's trials with ``tune_values`` changed, in this
+    process; its seconds, trial-epochs, best validation accuracy and trial counts."""
     import mlflow
 
+    chosen = settings.model_copy(update={"tune": settings.tune.model_copy(update={
+        **tune_values, "study": name, "timeout_s": None})})
+    storage = str(workdir / f"{name}.journal")
+    study = studies.open_study(chosen.tune, storage, name)
+    tune.enqueue_baseline(study, chosen)
+    with mlflow.start_run(experiment_id=experiment) as parent:
+        job = tune.Job(chosen, data_dir, workdir, storage, name, chosen.tune.n_trials,
+                       parent.info.run_id, experiment, worker=0,
+                       threads=chosen.train.threads or (os.cpu_count() or 1))
+        started = time.perf_counter()
+        tune.run_worker(job)
+        seconds = time.perf_counter() - started
+    study = studies.open_study(chosen.tune, storage, name)
+    return {"seconds": seconds,
+            "trial_epochs": sum(len(t.intermediate_values) for t in study.trials),
+            "best_val_accuracy": study.best_value, "counts": studies.count_states(study)}
+
+
+def bench_pruning(data_dir: Path, workdir: Path) -> dict:
+    """Each pruner against no pruning at a realistic budget (``SEARCH_BUDGET``, same sampler
+    seed), and TPE against the Gaussian-process sampler at the default budget over a few
+    sampler seeds (one seed at four trials is a coin toss)."""
     from imgclf.tracking import store
 
     settings = load_settings(ROOT / "params.yaml")
@@ -330,28 +432,24 @@ def bench_pruning(data_dir: Path, workdir: Path) -> dict:
     workdir.mkdir(parents=True)
     os.environ["DVC_ROOT"] = str(workdir)
     experiment = store.connect("bench-pruning", workdir)
-    results = {}
-    for pruner in (settings.tune.pruner, "none"):
-        chosen = settings.model_copy(update={"tune": settings.tune.model_copy(update={
-            "pruner": pruner, "study": f"bench-{pruner}", "timeout_s": None})})
-        name = chosen.tune.study
-        storage = str(workdir / f"{name}.journal")
-        study = studies.open_study(chosen.tune, storage, name)
-        tune.enqueue_baseline(study, chosen)
-        with mlflow.start_run(experiment_id=experiment) as parent:
-            job = tune.Job(chosen, data_dir, workdir, storage, name, chosen.tune.n_trials,
-                           parent.info.run_id, experiment, worker=0,
-                           threads=chosen.train.threads or (os.cpu_count() or 1))
-            started = time.perf_counter()
-            tune.run_worker(job)
-            seconds = time.perf_counter() - started
-        study = studies.open_study(chosen.tune, storage, name)
-        epochs = sum(len(t.intermediate_values) for t in study.trials)
-        results[pruner] = {"seconds": seconds, "trial_epochs": epochs,
-                           "best_val_accuracy": study.best_value,
-                           "counts": studies.count_states(study)}
+    pruners = {pruner: search(settings, data_dir, workdir, experiment, f"budget-{pruner}",
+                              pruner=pruner, **SEARCH_BUDGET)
+               for pruner in ("median", "hyperband", "none")}
+    samplers = {sampler: [search(settings, data_dir, workdir, experiment,
+                                 f"default-{sampler}-{seed}", sampler=sampler, sampler_seed=seed)
+                          for seed in SAMPLER_SEEDS]
+                for sampler in ("tpe", "gp")}
+    # at the default budget the sampler picks one trial of four: compare them at the
+    # realistic one too (TPE's search there is the median-pruned one above)
+    samplers_at_budget = {"tpe": pruners["median"], "gp": search(
+        settings, data_dir, workdir, experiment, "budget-gp", sampler="gp", pruner="median",
+        **SEARCH_BUDGET)}
     del os.environ["DVC_ROOT"]
-    return results
+    return {"budget": SEARCH_BUDGET, "pruners": pruners,
+            "default_budget": {"n_trials": settings.tune.n_trials,
+                               "epochs": settings.tune.epochs,
+                               "pruner": settings.tune.pruner},
+            "samplers": samplers, "samplers_at_budget": samplers_at_budget}
 
 
 def machine() -> dict:
@@ -363,7 +461,7 @@ def machine() -> dict:
 
 SECTIONS = ("pipeline", "timeline", "data_path", "folders", "serving", "tracking", "scaling",
             "pruning")
-OPTIONAL = ("preset",)  # long: only with --only (make bench-long)
+OPTIONAL = ("preset", "recipes")  # long: only with --only (make bench-long)
 
 
 def main() -> None:
@@ -398,6 +496,7 @@ def main() -> None:
         "scaling": lambda: bench_scaling(data_dir),
         "pruning": lambda: bench_pruning(data_dir, workdir / "pruning"),
         "preset": lambda: bench_preset(project),
+        "recipes": lambda: bench_recipes(project),
     }
     for name in args.only or SECTIONS:
         print(f"{name}...", flush=True)
