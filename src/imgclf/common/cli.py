@@ -97,12 +97,12 @@ def run_process(main: Callable[[list[str] | None], int]) -> NoReturn:
     main thread, so the stage unwinds and exits with 143.
 
     A stage process holds millions of objects from the libraries it loaded (torch, MLflow,
-    SQLAlchemy) that live until it exits, yet every full garbage collection walks them again,
-    and so does the one at interpreter shutdown: over a second per stage. ``gc.freeze()`` once
-    they are loaded, and again when the stage is done, takes them out of collection.
+    SQLAlchemy) that live until it exits, yet the full garbage collection at interpreter
+    shutdown walks them all again: over a second per stage. ``gc.freeze()`` when the stage is
+    done takes them out of it. (The libraries load inside ``main``, once the arguments parse,
+    so that ``--help`` is quick.)
     """
     signal.signal(signal.SIGTERM, raise_terminated)
-    gc.freeze()
     code = run_stage(main)
     gc.freeze()
     sys.exit(code)
