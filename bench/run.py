@@ -351,6 +351,7 @@ def bench_recipes(project: Path) -> list[dict]:
         result = train(splits["train"], splits["val"], meta, recipe)
         seconds = time.perf_counter() - started
         rows.append({"change": change, "train_s": seconds, "epochs": recipe.epochs,
+                     "width": recipe.width,
                      "val_accuracy": result.kept.val_accuracy,
                      "test_accuracy": float(score(result.model, splits["test"],
                                                   recipe.eval_batch_size).accuracy)})
