@@ -42,7 +42,7 @@ def board(entries: list[board_work.Entry], sort: str = "test/accuracy") -> list[
 
 def test_a_single_run_shows_its_interval_and_only_params_that_differ():
     rows = board(board_work.entries([result("a" * 32, 0.80, "0.1", exp="one"),
-                                  result("b" * 32, 0.9303, "0.01", half=0.0050)]))
+                                     result("b" * 32, 0.9303, "0.01", half=0.0050)]))
     assert list(rows[0]) == ["run", "experiment", "train.lr", "val/accuracy", "test/accuracy",
                              "vs best (test/accuracy)"]
     assert rows[0]["run"] == "b" * 32 and rows[0]["test/accuracy"] == "0.9303 ± 0.0050"

@@ -78,6 +78,7 @@ BAD = [
     ({"data.test_fraction": 1}, "data.test_fraction", "less than 1"),
     ({"data.path": ""}, "data.path", "at least 1 character"),
     ({"data.dedupe": "yes"}, "data.dedupe", "valid boolean"),
+    ({"tune.sampler": "cmaes"}, "tune.sampler", "'tpe' or 'gp'"),
     ({"download.mirrors": "/data"}, "download.mirrors", "valid tuple"),
     ({"tracking.experiment": ""}, "tracking.experiment", "at least 1 character"),
 ]
