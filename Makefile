@@ -79,7 +79,7 @@ test: setup ## run the test suite
 test-fast: setup ## the tests not marked slow
 	$(PYTEST) -m "not slow"
 
-bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~12 min)
+bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~25 min)
 	$(BIN)/python bench/run.py
 
 bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~35 min)
