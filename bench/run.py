@@ -419,7 +419,9 @@ def search(settings: Settings, data_dir: Path, workdir: Path, experiment: str, n
     study = studies.open_study(chosen.tune, storage, name)
     return {"seconds": seconds,
             "trial_epochs": sum(len(t.intermediate_values) for t in study.trials),
-            "best_val_accuracy": study.best_value, "counts": studies.count_states(study)}
+            "best_val_accuracy": study.best_value, "counts": studies.count_states(study),
+            "best_trial": study.best_trial.number,
+            "best_is_baseline": bool(study.best_trial.user_attrs.get("baseline", False))}
 
 
 def bench_pruning(data_dir: Path, workdir: Path) -> dict:
@@ -449,7 +451,8 @@ def bench_pruning(data_dir: Path, workdir: Path) -> dict:
     return {"budget": SEARCH_BUDGET, "pruners": pruners,
             "default_budget": {"n_trials": settings.tune.n_trials,
                                "epochs": settings.tune.epochs,
-                               "pruner": settings.tune.pruner},
+                               "pruner": settings.tune.pruner,
+                               "startup_trials": settings.tune.startup_trials},
             "samplers": samplers, "samplers_at_budget": samplers_at_budget}
 
 
