@@ -170,3 +170,32 @@ def test_a_split_that_leaves_one_image_over_still_trains():
     model = build_model("cnn", (1, 8, 8), 10, 4, [0.5], [0.3])
     result = engine.fit(model, train, val, cfg, device=torch.device("cpu"))
     assert len(result.history) == 1
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine.training_precision(cpu, "fp32") == "fp32"
+    assert engine.training_precision(cpu, "bf16") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert engine.training_precision(cpu, "auto") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert engine.training_precision(cpu, "auto") == "bf16"
+
+
+def test_bf16_training_learns_and_repeats_exactly_on_cpu():
+    cfg = recipe(model="convnet", precision="bf16", epochs=4, lr=0.02, augment="none")
+    train, val = splits(320)
+
+    def run() -> engine.FitResult:
+        return engine.fit(fresh_model(cfg), train, val, cfg, device=torch.device("cpu"))
+
+    first, second = run(), run()
+    assert without_timing(first.history) == without_timing(second.history)
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert first.best.val_accuracy > 0.5  # ten classes: chance is 0.1
+    full = engine.fit(fresh_model(cfg), train, val, cfg.model_copy(update={"precision": "fp32"}),
+                      device=torch.device("cpu"))
+    assert not torch.equal(full.model.state_dict()["1.0.weight"],  # the setting takes effect
+                           first.model.state_dict()["1.0.weight"])

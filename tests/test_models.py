@@ -11,7 +11,8 @@ def count(model):
 
 
 @pytest.mark.parametrize(("name", "shape"), [("mlp", (1, 28, 28)), ("cnn", (1, 28, 28)),
-                                             ("mlp", (3, 32, 32)), ("cifar_cnn", (3, 32, 32))])
+                                             ("convnet", (1, 28, 28)), ("mlp", (3, 32, 32)),
+                                             ("cifar_cnn", (3, 32, 32))])
 def test_models_map_images_to_class_scores(name, shape):
     model = build_model(name, shape, 10, 8, [0.5] * shape[0], [0.25] * shape[0])
     out = model(torch.rand(5, *shape))
@@ -57,11 +58,22 @@ def test_flip_averaging_applies_at_inference_only():
     assert torch.equal(a, plain(x))
 
 
+@pytest.mark.parametrize("name", ["cnn", "convnet"])
 @pytest.mark.parametrize("shape", [(3, 64, 64), (1, 28, 28), (3, 48, 64), (1, 8, 8),
                                    (3, 32, 32)])
-def test_cnn_takes_any_size_and_channel_count(shape):
-    model = build_model("cnn", shape, 5, 4, [0.5] * shape[0], [0.25] * shape[0])
+def test_cnns_take_any_size_and_channel_count(name, shape):
+    model = build_model(name, shape, 5, 4, [0.5] * shape[0], [0.25] * shape[0])
     assert model(torch.rand(2, *shape)).shape == (2, 5)
+
+
+def test_convnet_is_the_cnn_with_a_second_convolution_at_each_pooled_size():
+    cnn = build_model("cnn", (1, 28, 28), 10, 8, [0.5], [0.25])
+    convnet = build_model("convnet", (1, 28, 28), 10, 8, [0.5], [0.25])
+    extra = 8 * 8 * 9 + 16 * 16 * 9 + 32 * 32 * 9 + 2 * (8 + 16 + 32)  # convs + their BN
+    assert count(convnet) - count(cnn) == extra
+    convs = [m for m in convnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (1, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32)]
 
 
 def test_cnn_head_reads_the_28x28_map_unchanged():

@@ -57,7 +57,8 @@ BAD = [
     ({"train.keep": "final"}, "train.keep", "'last' or 'best'"),
     ({"data.dataset": "imagenet"}, "data.dataset",
      "'fashion-mnist', 'mnist', 'cifar10' or 'folder'"),
-    ({"train.model": "resnet"}, "train.model", "'mlp', 'cnn', 'cifar_cnn', 'resnet18'"),
+    ({"train.model": "resnet"}, "train.model", "'mlp', 'cnn', 'convnet', 'cifar_cnn'"),
+    ({"train.precision": "fp16"}, "train.precision", "'auto', 'bf16' or 'fp32'"),
     ({"data.val_fraction": 0}, "data.val_fraction", "greater than 0"),
     ({"data.val_fraction": 1}, "data.val_fraction", "less than 1"),
     ({"data.val_fraction": 1.5}, "data.val_fraction", "less than 1"),
@@ -79,6 +80,8 @@ BAD = [
     ({"data.path": ""}, "data.path", "at least 1 character"),
     ({"data.dedupe": "yes"}, "data.dedupe", "valid boolean"),
     ({"tune.sampler": "cmaes"}, "tune.sampler", "'tpe' or 'gp'"),
+    ({"tune.warmup_epochs": 0}, "tune.warmup_epochs", "greater than or equal to 1"),
+    ({"tune.warmup_epochs": 3, "tune.epochs": 2}, "tune", "no trial could be pruned"),
     ({"download.mirrors": "/data"}, "download.mirrors", "valid tuple"),
     ({"tracking.experiment": ""}, "tracking.experiment", "at least 1 character"),
 ]

@@ -50,6 +50,25 @@ def test_pruner_comes_from_the_params(pruner, kind):
         assert made._max_resource == 5  # a trial's budget is tune.epochs
 
 
+def test_no_trial_is_pruned_before_its_warmup_epochs():
+    cfg = tune_settings(**{"tune.pruner": "median", "tune.epochs": 6, "tune.warmup_epochs": 3})
+    study = optuna.create_study(direction="maximize", pruner=studies.make_pruner(cfg))
+    for value in (0.9, 0.8):  # two finished trials: the median's startup
+        trial = study.ask()
+        for epoch in range(1, 7):
+            trial.report(value, epoch)
+        study.tell(trial, value)
+    worst = study.ask()
+    verdicts = []
+    for epoch in range(1, 7):
+        worst.report(0.1, epoch)
+        verdicts.append(worst.should_prune())
+    assert verdicts == [False, False, True, True, True, True]
+    hyperband = studies.make_pruner(tune_settings(**{
+        "tune.pruner": "hyperband", "tune.epochs": 6, "tune.warmup_epochs": 2}))
+    assert (hyperband._min_resource, hyperband._max_resource) == (2, 6)
+
+
 def test_sampler_comes_from_the_params_and_each_worker_draws_its_own_trials():
     cfg = tune_settings(**{"tune.sampler_seed": 3, "tune.startup_trials": 5})
 

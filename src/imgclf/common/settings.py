@@ -29,7 +29,7 @@ from ruamel.yaml.error import YAMLError
 from imgclf.common.errors import UserError
 
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "folder"]
-ModelName = Literal["mlp", "cnn", "cifar_cnn", "resnet18", "mobilenet_v3_small",
+ModelName = Literal["mlp", "cnn", "convnet", "cifar_cnn", "resnet18", "mobilenet_v3_small",
                     "efficientnet_b0"]
 # torchvision's classification models train.model takes (ImageNet weights exist for them)
 TORCHVISION_MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
@@ -122,6 +122,7 @@ class TrainSettings(_Section):
     threads: int = Field(ge=0, le=1024)
     processes: int = Field(ge=1, le=1024)
     eval_batch_size: int = Field(ge=1, le=65536)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     init: str = "random"
     freeze: Literal["none", "backbone"] = "none"
 
@@ -177,8 +178,17 @@ class TuneSettings(_Section):
     startup_trials: int = Field(ge=0, le=1000)
     sampler_seed: int
     pruner: Literal["median", "hyperband", "none"]
+    warmup_epochs: int = Field(default=1, ge=1, le=1000)
     storage: str | None
     workers: int = Field(ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _prunable(self) -> TuneSettings:
+        if self.pruner != "none" and self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) exceeds tune.epochs ({self.epochs}): "
+                "no trial could be pruned; lower it, or set tune.pruner: none")
+        return self
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -164,8 +164,34 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainSettings, tota
 
 
 def autocast(device: torch.device) -> torch.autocast:
-    """bf16 mixed precision on GPUs that support it; full precision (and exact) on CPU."""
+    """Scoring's precision: bf16 mixed precision on GPUs that support it; full precision (and
+    exact) on CPU, so the scores match what the model server answers."""
     enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: GPUs that support it, and CPUs
+    with AMX tiles (Intel Xeon since Sapphire Rapids), where bf16 steps take about 40% less
+    time than float32 ones."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return device.type == "cpu" and amx is not None and bool(amx())
+
+
+def training_precision(device: torch.device, precision: str) -> str:
+    """``train.precision`` resolved: ``auto`` is ``bf16`` where :func:`native_bf16`, else
+    ``fp32``."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def train_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The training steps' precision: bf16 mixed precision (weights, optimizer state and loss
+    stay float32) or full float32."""
+    enabled = training_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -294,7 +320,7 @@ def train_epoch(training: Training, train: Split, recipe: TrainSettings, epoch: 
                unit="batch", disable=not sys.stderr.isatty() or rank > 0, leave=False,
                file=sys.stderr)
     for step, (x, y) in enumerate(bar):
-        with autocast(device):
+        with train_autocast(device, recipe.precision):
             logits = training.net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         if not torch.isfinite(loss):

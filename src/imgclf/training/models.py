@@ -75,11 +75,32 @@ def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
         *_conv_pool_bn(channels, width),          # 28 -> 14
         *_conv_pool_bn(width, 2 * width),         # 14 -> 7
         *_conv_pool_bn(2 * width, 4 * width),     # 7 -> 3
-        nn.AdaptiveAvgPool2d(HEAD_SIZE),          # 3 -> 3 (any other size -> 3)
-        nn.Flatten(),
-        nn.Linear(4 * width * HEAD_SIZE**2, 8 * width), nn.ReLU(inplace=True),
-        nn.Dropout(0.3),
-        nn.Linear(8 * width, num_classes),
+        *_head(4 * width, num_classes, width),
+    )
+
+
+def _head(channels: int, num_classes: int, width: int) -> list[nn.Module]:
+    """Adaptive pooling to 3x3 (the identity for 28x28 images), then two FC layers."""
+    return [nn.AdaptiveAvgPool2d(HEAD_SIZE), nn.Flatten(),
+            nn.Linear(channels * HEAD_SIZE**2, 8 * width), nn.ReLU(inplace=True),
+            nn.Dropout(0.3), nn.Linear(8 * width, num_classes)]
+
+
+def convnet(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
+    """The cnn with a second convolution at each pooled size: three stages of conv-pool-BN-ReLU
+    then conv-BN-ReLU (w, 2w and 4w channels), and the cnn's head.
+
+    The second convolutions work on the pooled maps (14x14, 7x7, 3x3), so they add about half
+    the cnn's work and most of its missing depth: at the same 13 epochs on Fashion-MNIST it
+    scores about half a point higher on test, in bf16 on a CPU with AMX in less time than the
+    cnn in float32.
+    """
+    channels = in_shape[0]
+    return nn.Sequential(
+        *_conv_pool_bn(channels, width), *_conv_bn(width, width),                # 28 -> 14
+        *_conv_pool_bn(width, 2 * width), *_conv_bn(2 * width, 2 * width),       # 14 -> 7
+        *_conv_pool_bn(2 * width, 4 * width), *_conv_bn(4 * width, 4 * width),   # 7 -> 3
+        *_head(4 * width, num_classes, width),
     )
 
 
@@ -169,7 +190,7 @@ def head(model: nn.Module) -> nn.Linear:
 
 # the builder of each name train.model accepts (settings.ModelName lists them)
 BUILDERS: dict[ModelName, Callable[[Sequence[int], int, int], nn.Module]] = {
-    "mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn,
+    "mlp": mlp, "cnn": cnn, "convnet": convnet, "cifar_cnn": cifar_cnn,
     "resnet18": torchvision_model("resnet18"),
     "mobilenet_v3_small": torchvision_model("mobilenet_v3_small"),
     "efficientnet_b0": torchvision_model("efficientnet_b0"),

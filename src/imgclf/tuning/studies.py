@@ -94,12 +94,18 @@ def make_sampler(cfg: TuneSettings, worker: int = 0) -> optuna.samplers.BaseSamp
 
 
 def make_pruner(cfg: TuneSettings) -> optuna.pruners.BasePruner:
-    """The ``tune.pruner``; hyperband's budget is ``tune.epochs``."""
+    """The ``tune.pruner``. Every trial trains ``tune.warmup_epochs`` epochs before it may be
+    pruned (the median pruner's warm-up steps, hyperband's smallest budget); hyperband's
+    largest budget is ``tune.epochs``.
+
+    Under a one-cycle schedule the first epochs rank learning rates badly (the high ones are
+    still climbing), so a search of several epochs wants a warm-up of a few.
+    """
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.warmup_epochs)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.warmup_epochs,
+                                              max_resource=cfg.epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
