@@ -22,6 +22,14 @@ def _ratio(result: dict) -> str:
             f"({result['ratio_min']:.2f}-{result['ratio_max']:.2f})")
 
 
+def _precision(machine: dict) -> str:
+    precision = machine.get("training_precision")
+    if precision is None:
+        return ""
+    return (", training in bf16 (the CPU has AMX)" if precision == "bf16"
+            else ", training in float32 (the CPU has no AMX)")
+
+
 def _verdict(ok: bool, miss: str = "") -> str:
     return "meets the goal" if ok else f"**misses the goal**{': ' + miss if miss else ''}"
 
@@ -126,22 +134,25 @@ def _tuning(r: dict) -> list[str]:
     return lines
 
 
-def _recipes(rows: list[dict] | None) -> list[str]:
+def _recipes(rows: list[dict] | None, notes: list[str] | None = None) -> list[str]:
     lines = ["## Recipes tried", ""]
     if not rows:
         return [*lines, "Not measured yet: `python bench/run.py --only recipes` trains each "
                 "candidate change to the default recipe (about 20 minutes).", ""]
-    lines += ["The default recipe of the time under three seeds (the spread a change has to "
-              "beat), then each change to it on its own, trained on the pipeline's splits with "
-              "the tuned learning rate and batch size. A recipe is chosen on validation "
-              "accuracy (6,000 images: a 95% interval of about ±0.6 point); test accuracy is "
-              "shown, never used to choose.", "",
-              "| change | width | epochs | train seconds | val accuracy | test accuracy |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["The default recipe under three seeds (the spread a change has to beat), then "
+              "each change to it on its own, trained on the pipeline's splits at params.yaml's "
+              "learning rate and batch size (the tuning baseline). A recipe is chosen on "
+              "validation accuracy (6,000 images: a 95% interval of about ±0.6 point); test "
+              "accuracy is shown, never used to choose.", "",
+              "| change | model | width | epochs | train seconds | val accuracy "
+              "| test accuracy |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         change = ", ".join(f"`{k}={v}`" for k, v in row["change"].items()) or "the default"
-        lines.append(f"| {change} | {row['width']} | {row['epochs']} | {row['train_s']:.0f} | "
-                     f"{row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} |")
+        lines.append(f"| {change} | {row.get('model', '')} | {row['width']} | {row['epochs']} "
+                     f"| {row['train_s']:.0f} | {row['val_accuracy']:.4f} "
+                     f"| {row['test_accuracy']:.4f} |")
+    for note in notes or []:
+        lines.append(f"- {note}")
     return [*lines, ""]
 
 
@@ -227,7 +238,8 @@ def render(r: dict) -> str:
         "# Benchmarks",
         "",
         f"Measured by `make bench` on {m['date']}: {m['cpu_cores']} CPU cores ({m['cpu']}), "
-        f"torch {m['torch']}, Python {m['python']}, device {m['device']}. "
+        f"torch {m['torch']}, Python {m['python']}, device {m['device']}"
+        f"{_precision(m)}. "
         "Comparisons run both sides in one process, interleaved, and give the median ratio "
         "with min-max. Raw numbers: `bench/results.json`.",
         "",
@@ -270,7 +282,7 @@ def render(r: dict) -> str:
             lines.append(f"| {minutes} min | 0 | (downloading, tuning) |")
     lines.append("")
     lines += _preset(r.get("preset"))
-    lines += _recipes(r.get("recipes"))
+    lines += _recipes(r.get("recipes"), r.get("recipe_notes"))
 
     lines += _data_path(r["data_path"])
 

@@ -51,6 +51,17 @@ def mlp(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
 HEAD_SIZE = 3  # the side of the cnn's last feature map, which its head reads
 
 
+class PoolTo(nn.AdaptiveAvgPool2d):
+    """Adaptive average pooling that passes a map already of the output size through
+    untouched (torch would still spend a backward pass on it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.output_size
+        if tuple(x.shape[-2:]) == ((size, size) if isinstance(size, int) else size):
+            return x
+        return super().forward(x)
+
+
 def _conv_pool_bn(c_in: int, c_out: int) -> list[nn.Module]:
     """Conv, 2x2 max-pool, then BN and ReLU on the pooled map (a quarter of the work)."""
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2),
@@ -81,7 +92,7 @@ def cnn(in_shape: Sequence[int], num_classes: int, width: int) -> nn.Sequential:
 
 def _head(channels: int, num_classes: int, width: int) -> list[nn.Module]:
     """Adaptive pooling to 3x3 (the identity for 28x28 images), then two FC layers."""
-    return [nn.AdaptiveAvgPool2d(HEAD_SIZE), nn.Flatten(),
+    return [PoolTo(HEAD_SIZE), nn.Flatten(),
             nn.Linear(channels * HEAD_SIZE**2, 8 * width), nn.ReLU(inplace=True),
             nn.Dropout(0.3), nn.Linear(8 * width, num_classes)]
 
