@@ -148,6 +148,7 @@ def _recipes(rows: list[dict] | None, notes: list[str] | None = None) -> list[st
               "| test accuracy |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         change = ", ".join(f"`{k}={v}`" for k, v in row["change"].items()) or "the default"
+        change += " †" * bool(row.get("scored_in_bf16"))
         lines.append(f"| {change} | {row.get('model', '')} | {row['width']} | {row['epochs']} "
                      f"| {row['train_s']:.0f} | {row['val_accuracy']:.4f} "
                      f"| {row['test_accuracy']:.4f} |")

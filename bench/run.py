@@ -399,7 +399,8 @@ def bench_scaling(data_dir: Path) -> list[dict]:
     return rows
 
 
-SEARCH_BUDGET = {"n_trials": 24, "epochs": 6}  # a realistic search: 144 trial-epochs unpruned
+# a realistic search: 144 trial-epochs unpruned; a trial may be pruned from its second epoch on
+SEARCH_BUDGET = {"n_trials": 24, "epochs": 6, "warmup_epochs": 2}
 SAMPLER_SEEDS = (0, 1, 2)
 
 

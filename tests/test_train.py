@@ -33,7 +33,7 @@ def test_stage_outputs_and_mlflow_run(processed, project, client, monkeypatch):
     assert run_stage(train.main, TRAIN_ARGS) == 0
 
     model, arch, info = load_model(project / "models/model.pt")
-    assert arch.model == "cnn" and arch.width == 4 and len(arch.classes) == 10
+    assert arch.model == "convnet" and arch.width == 4 and len(arch.classes) == 10
     torch.load(project / "models/model.pt", weights_only=True)
 
     with open(project / "reports/train_history.csv") as handle:
@@ -55,6 +55,7 @@ def test_stage_outputs_and_mlflow_run(processed, project, client, monkeypatch):
     assert run.data.params["train.batch_size"] == "32"
     # the run records how it was made repeatable: on CPU, by seed and thread count alone
     assert run.data.params["deterministic_algorithms"] == "False"
+    assert run.data.params["training_precision"] in ("bf16", "fp32")
     assert run.data.params["train.seed"] == "0"
     assert run.data.tags["stage"] == "train"
     for name in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr_schedule",

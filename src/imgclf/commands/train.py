@@ -20,7 +20,13 @@ from imgclf.tracking.runs import TUNED, StageRun, flatten, stage_run
 from imgclf.tracking.starts import start_from
 from imgclf.training import distributed
 from imgclf.training.checkpoint import save_model
-from imgclf.training.engine import EpochStats, FitResult, deterministic_kernels, resolve_device
+from imgclf.training.engine import (
+    EpochStats,
+    FitResult,
+    deterministic_kernels,
+    resolve_device,
+    training_precision,
+)
 from imgclf.training.trainer import architecture, train
 from imgclf.training.transfer import Start
 from imgclf.tuning import best_params
@@ -67,6 +73,8 @@ def tracked_training(args: argparse.Namespace, settings: Settings, declared: Set
                         "hyperparams_from": str(args.best_params or args.params),
                         "deterministic_algorithms":
                             deterministic_kernels(resolve_device(recipe.device)),
+                        "training_precision":
+                            training_precision(resolve_device(recipe.device), recipe.precision),
                         "cudnn_benchmark": False})
         if start is not None:
             run.set_tags(start.tags)
