@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import optuna
 import psutil
 import pytest
@@ -29,7 +30,7 @@ def test_settings_that_do_not_shape_trial_results_keep_the_study():
     default = study_of()
     assert study_of(**{"train.threads": 1, "train.eval_batch_size": 64, "train.epochs": 3,
                        "train.tta": "none", "train.keep": "best", "tune.n_trials": 9,
-                       "tune.workers": 2}) == default
+                       "tune.workers": 2, "tune.baseline_alpha": 0.5}) == default
     for changed in ({"train.weight_decay": 0.1}, {"train.augment": "none"},
                     {"tune.epochs": 3}, {"data.val_fraction": 0.2}):
         assert study_of(**changed) != default, changed
@@ -146,3 +147,37 @@ def test_each_trial_outcome_is_one_line_with_the_median_it_fell_below():
         "trial 1 complete: val 0.880 (lr 0.005, batch_size 128)",
         "trial 2 pruned after epoch 1: val 0.814 < median 0.830 (lr 0.05, batch_size 256)",
         "trial 3 fail: RuntimeError: nan loss"]
+
+
+def _search_with_baseline(base_right: int, best_right: int, size: int = 1000) -> optuna.Study:
+    """A finished study: the baseline trial and a better one, each with the validation images
+    its model got right (the better one's are a superset of the baseline's)."""
+    study = optuna.create_study(direction="maximize")
+    for right, baseline in ((base_right, True), (best_right, False)):
+        trial = study.ask()
+        trial.set_user_attr("baseline", baseline)
+        trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+        studies.record_correct(trial, np.arange(size) < right)
+        study.tell(trial, right / size)
+    return study
+
+
+@pytest.mark.parametrize(("best_right", "alpha", "kept"), [
+    (805, 0.05, True),   # 5 more right of 1000: chance
+    (840, 0.05, False),  # 40 more right, none fewer: real
+    (805, 1.0, False),   # alpha 1: always the best
+])
+def test_the_best_trial_wins_only_when_it_beats_the_baseline_significantly(best_right, alpha,
+                                                                           kept):
+    study = _search_with_baseline(800, best_right)
+    chosen = studies.winner(study, 1000, alpha)
+    assert chosen.best.number == 1 and chosen.kept_baseline is kept
+    assert chosen.trial.number == (0 if kept else 1)
+    assert chosen.p_value is not None and (chosen.p_value < 0.05) is (best_right == 840)
+
+
+def test_without_a_baseline_trial_the_best_wins():
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    chosen = studies.winner(study, 1000, 0.05)
+    assert chosen.trial.number == study.best_trial.number and chosen.p_value is None

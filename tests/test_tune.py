@@ -17,6 +17,7 @@ from imgclf import train, tune
 from imgclf.commands import tune as tune_work
 from imgclf.common.cli import run_stage
 from imgclf.common.settings import SettingsError, load_settings, parse_settings
+from imgclf.data.splits import load_split
 from imgclf.training import trainer
 from imgclf.tuning import studies
 
@@ -55,9 +56,31 @@ def trial_runs(client, parent_id=None):
     return sorted(runs, key=lambda r: int(r.data.tags["optuna_trial"]))
 
 
+def test_train_keeps_the_baseline_unless_a_trial_beats_it_significantly(tune_params, project,
+                                                                         capsys):
+    # a threshold no difference on these few validation images can pass
+    tune_params(tune__n_trials=3, tune__pruner="none", tune__baseline_alpha=1e-30)
+
+    assert run_stage(tune.main, TUNE_ARGS) == 0
+
+    study = load_study(project)
+    best = YAML(typ="safe").load((project / "reports/best_params.yaml").read_text())
+    assert best["train"] == {"lr": 0.01, "batch_size": 32}  # the baseline's values
+    metrics = json.loads((project / "reports/tune_metrics.json").read_text())
+    assert metrics["chosen_trial"] == 0
+    assert metrics["best_trial"] == study.best_trial.number
+    assert metrics["baseline_kept"] is (study.best_trial.number != 0)
+    if metrics["baseline_kept"]:
+        assert "train keeps params.yaml's values" in capsys.readouterr().out
+    # the baseline trial kept one bit per validation image: right or wrong
+    size = len(load_split(project / "data/processed", "val"))
+    right = studies.recorded_correct(study.trials[0], size)
+    assert right is not None and right.mean() == pytest.approx(study.trials[0].value)
+
+
 def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, project,
                                                                     client):
-    tune_params(tune__n_trials=3, tune__pruner="none")
+    tune_params(tune__n_trials=3, tune__pruner="none", tune__baseline_alpha=1)
 
     assert run_stage(tune.main, TUNE_ARGS) == 0
 

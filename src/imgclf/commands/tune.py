@@ -28,7 +28,7 @@ from imgclf.tracking.orphans import close_orphaned_run, error_tag
 from imgclf.tracking.runs import StageRun, stage_run, trial_run
 from imgclf.tracking.starts import start_from
 from imgclf.tracking.store import connect
-from imgclf.training.engine import EpochStats
+from imgclf.training.engine import EpochStats, score
 from imgclf.training.trainer import train
 from imgclf.training.transfer import Start
 from imgclf.tuning import best_params, studies
@@ -74,9 +74,10 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_size)),
         }
     # Trials rank learning rates and batch sizes; test-time flip averaging would double
-    # their validation cost without changing that ranking.
+    # their validation cost without changing that ranking. The model keeps its best epoch,
+    # the one the objective scores.
     recipe = base.model_copy(update={**params, "epochs": cfg.epochs, "threads": job.threads,
-                                     "processes": 1, "tta": "none", "keep": "last"})
+                                     "processes": 1, "tta": "none", "keep": "best"})
     trial.set_user_attr(studies.WORKER_ATTR, process_id())
     tags = {"stage": "tune-trial", "dataset": job.settings.data.dataset,
             "optuna_study": job.study, "optuna_trial": trial.number,
@@ -110,6 +111,8 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             trial.set_user_attr(studies.FAIL_ATTR, error_tag(exc))
             raise
         run.log_metrics({OBJECTIVE: result.best.val_accuracy, "best_epoch": result.best_epoch})
+        answers = score(result.model, val_split, recipe.eval_batch_size).predictions
+        studies.record_correct(trial, (answers == val_split.labels.cpu()).numpy())
         return result.best.val_accuracy
 
 
@@ -265,15 +268,23 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
         raise UserError(f"no tuning trial completed ({counts['pruned']} pruned, "
                         f"{counts['fail']} failed); see the failed trial runs under MLflow run "
                         f"{run.run_id} for the reasons")
-    best, value = study.best_trial, study.best_value
-    summary = {"val": {"best_accuracy": value}, "best_trial": best.number,
+    chosen = studies.winner(study, len(load_split(data_dir, "val")), cfg.baseline_alpha)
+    value = chosen.trial.value
+    summary = {"val": {"best_accuracy": study.best_value, "chosen_accuracy": value},
+               "best_trial": chosen.best.number, "chosen_trial": chosen.trial.number,
+               "baseline_kept": chosen.kept_baseline, "p_value_vs_baseline": chosen.p_value,
                "trials": counts, "study": name}
-    run.log_metrics({OBJECTIVE: value})
+    run.log_metrics({OBJECTIVE: study.best_value})
     # facts of the search, not scores
-    run.log_params({"best_trial": best.number,
+    run.log_params({"best_trial": chosen.best.number, "chosen_trial": chosen.trial.number,
                     **{f"trials.{state}": n for state, n in counts.items()}})
+    if chosen.kept_baseline:
+        print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
+              f"trial (val {value:.4f}) by chance as far as McNemar can tell (p = "
+              f"{chosen.p_value:.2f} >= tune.baseline_alpha {cfg.baseline_alpha:g}): "
+              "train keeps params.yaml's values")
     log_plots(run, study)
-    return best.params, summary
+    return chosen.trial.params, summary
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -292,7 +303,9 @@ def execute(args: argparse.Namespace) -> int:
                           for name in ("train", "val")})
         if settings.tune.enabled:
             best, summary = tune(settings, args.data.resolve(), root, run)
-            source = f"best of study {summary['study']}"
+            source = (f"params.yaml's values: no trial of study {summary['study']} beat them "
+                      "significantly" if summary["baseline_kept"]
+                      else f"best of study {summary['study']}")
         else:
             best = {"lr": settings.train.lr, "batch_size": settings.train.batch_size}
             summary = {"trials": dict.fromkeys(studies.STATES, 0)}

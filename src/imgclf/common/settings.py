@@ -179,6 +179,7 @@ class TuneSettings(_Section):
     sampler_seed: int
     pruner: Literal["median", "hyperband", "none"]
     warmup_epochs: int = Field(default=1, ge=1, le=1000)
+    baseline_alpha: Finite = Field(default=0.05, gt=0, le=1)
     storage: str | None
     workers: int = Field(ge=1, le=64)
 

@@ -10,8 +10,10 @@ FAIL. Database storage additionally uses Optuna's heartbeat for workers on other
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from imgclf.common.processes import is_alive
 from imgclf.common.settings import Settings, TuneSettings
+from imgclf.common.stats import mcnemar
 
 STUDY_DIR = "optuna"
 HEARTBEAT_S = 10
@@ -30,6 +33,7 @@ GRACE_S = 60
 WORKER_ATTR = "worker"
 RUN_ATTR = "mlflow_run_id"
 FAIL_ATTR = "fail_reason"
+CORRECT_ATTR = "val_correct"  # which validation images the trial's model gets right
 STATES = ("complete", "pruned", "fail", "running")
 
 
@@ -41,7 +45,8 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
     processes, evaluation batch size), which moves results by float rounding only.
     """
     search = settings.tune.model_dump(
-        mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers"})
+        mode="json", exclude={"enabled", "study", "n_trials", "timeout_s", "storage", "workers",
+                              "baseline_alpha"})
     recipe = settings.train.model_dump(
         mode="json",
         exclude={"epochs", "device", "threads", "processes", "tta", "keep", "eval_batch_size"})
@@ -114,6 +119,56 @@ def open_study(cfg: TuneSettings, storage: str, name: str, worker: int = 0) -> o
     return optuna.create_study(
         study_name=name, storage=open_storage(storage), direction="maximize",
         sampler=make_sampler(cfg, worker), pruner=make_pruner(cfg), load_if_exists=True)
+
+
+def record_correct(trial: optuna.Trial, correct: np.ndarray) -> None:
+    """Keep which validation images the trial's model gets right (one bit each), for
+    :func:`winner`'s paired test."""
+    packed = np.packbits(np.asarray(correct, dtype=bool))
+    trial.set_user_attr(CORRECT_ATTR, base64.b64encode(packed.tobytes()).decode())
+
+
+def recorded_correct(trial: FrozenTrial, size: int) -> np.ndarray | None:
+    """What :func:`record_correct` kept for ``trial`` (``size`` images), if anything."""
+    packed = trial.user_attrs.get(CORRECT_ATTR)
+    if packed is None:
+        return None
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
+    return bits[:size].astype(bool)
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The trial whose values the train stage gets, and why."""
+
+    trial: FrozenTrial
+    best: FrozenTrial
+    p_value: float | None  # the best trial against the baseline's, on the same images
+
+    @property
+    def kept_baseline(self) -> bool:
+        return self.trial.number != self.best.number
+
+
+def winner(study: optuna.Study, val_size: int, alpha: float) -> Winner:
+    """The best trial, unless params.yaml's baseline trial does not fall significantly behind
+    it: then the baseline.
+
+    A short trial's validation accuracy moves by a point between neighbouring learning rates
+    by chance alone, and a winner by chance is no better than the baseline in full training.
+    The two trials' models answered the same validation images, so exact McNemar on their
+    right and wrong answers decides (``alpha`` = 1 always takes the best).
+    """
+    best = study.best_trial
+    baselines = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("baseline")]
+    if not baselines or baselines[0].number == best.number:
+        return Winner(best, best, None)
+    best_correct, base_correct = (recorded_correct(t, val_size) for t in (best, baselines[0]))
+    if best_correct is None or base_correct is None:
+        return Winner(best, best, None)
+    p_value = mcnemar(base_correct, best_correct)[0]
+    return Winner(best if p_value < alpha else baselines[0], best, p_value)
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[FrozenTrial]:
