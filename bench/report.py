@@ -152,8 +152,8 @@ def _recipes(rows: list[dict] | None, notes: list[str] | None = None) -> list[st
         lines.append(f"| {change} | {row.get('model', '')} | {row['width']} | {row['epochs']} "
                      f"| {row['train_s']:.0f} | {row['val_accuracy']:.4f} "
                      f"| {row['test_accuracy']:.4f} |")
-    for note in notes or []:
-        lines.append(f"- {note}")
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     return [*lines, ""]
 
 
