@@ -1,5 +1,5 @@
 """The one module that owns the Optuna study: its name, storage, sampler, pruner, opening,
-orphaned trials and state counts.
+winner, orphaned trials and state counts.
 
 The embedded default storage is a journal file per study under ``optuna/`` at the project
 root (safe for several processes on one machine). A database URL (PostgreSQL) lets workers
