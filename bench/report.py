@@ -13,7 +13,7 @@ from imgclf.common.files import write_text
 GOALS = {"folder_decode": 1.5, "folder_train_input": 3.0, "unchanged_folder_s": 10.0,
          "data_path_mlp": 5.0,
          "tracking_overhead": 0.02, "noop_repro_s": 2.0, "memory_bytes": 2 * 1024**3,
-         "accuracy": 0.94, "wall_s": 360, "long_accuracy": 0.945,
+         "accuracy": 0.94, "accuracy_floor": 0.935, "wall_s": 360, "long_accuracy": 0.945,
          "pruning_saving": 0.5, "pruning_gap": 0.003}
 
 
@@ -260,8 +260,12 @@ def render(r: dict) -> str:
         f"`dvc repro` from nothing (download, preprocess, tune, train, evaluate) took "
         f"**{p['wall_s']:.0f} s** and reached **{p['test_accuracy']:.4f}** test accuracy "
         f"(best validation epoch {p['val_best_accuracy']:.4f}). Goal: >= {GOALS['accuracy']} "
-        f"within {GOALS['wall_s']} s: {_verdict(ok, ', '.join(misses))}. Its training epochs took "
-        f"{min(epoch_s):.0f}-{max(epoch_s):.0f} s each.",
+        f"within {GOALS['wall_s']} s: {_verdict(ok, ', '.join(misses))}."
+        + (f" Where 0.94 is out of reach, the floor is >= {GOALS['accuracy_floor']} within "
+           f"{GOALS['wall_s']} s: " + _verdict(p["test_accuracy"] >= GOALS["accuracy_floor"]
+                                             and p["wall_s"] <= GOALS["wall_s"]) + "."
+           if not ok else "")
+        + f" Its training epochs took {min(epoch_s):.0f}-{max(epoch_s):.0f} s each.",
         "",
         "| stage | seconds |",
         "|---|---:|",
