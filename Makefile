@@ -79,13 +79,13 @@ test: setup ## run the test suite
 test-fast: setup ## the tests not marked slow
 	$(PYTEST) -m "not slow"
 
-bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~25 min)
+bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~45 min)
 	$(BIN)/python bench/run.py
 
-bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~35 min)
+bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~15 min)
 	$(BIN)/python bench/run.py --only preset
 
-bench-recipes: setup ## the default recipe under 3 seeds and changes to it, on make bench's project (~25 min)
+bench-recipes: setup ## the default recipe under 3 seeds and changes to it, on make bench's project (~40 min)
 	$(BIN)/python bench/run.py --only recipes
 
 lint: setup ## ruff on the code, tests and benchmarks; mypy's type check of src/

@@ -38,7 +38,7 @@ def _preset(result: dict | None) -> list[str]:
     lines = ["## The longer preset (`make exp PRESET=long`)", ""]
     if result is None:
         return [*lines, "Not measured yet: `make bench-long` runs it on the benchmark's "
-                "project (about 35 minutes on 2 CPU cores). Goal: >= 0.945 test accuracy.", ""]
+                "project (about 15 minutes on 2 CPU cores). Goal: >= 0.945 test accuracy.", ""]
     ok = result["test_accuracy"] >= GOALS["long_accuracy"]
     values = ", ".join(f"`{value}`" for value in result["values"])
     return [*lines, f"`dvc exp run` with {values} took **{result['wall_s'] / 60:.0f} min** "
@@ -138,7 +138,7 @@ def _recipes(rows: list[dict] | None, notes: list[str] | None = None) -> list[st
     lines = ["## Recipes tried", ""]
     if not rows:
         return [*lines, "Not measured yet: `python bench/run.py --only recipes` trains each "
-                "candidate change to the default recipe (about 20 minutes).", ""]
+                "candidate change to the default recipe (about 40 minutes).", ""]
     lines += ["The default recipe under three seeds (the spread a change has to beat), then "
               "each change to it on its own, trained on the pipeline's splits at params.yaml's "
               "learning rate and batch size (the tuning baseline). A recipe is chosen on "
