@@ -170,7 +170,7 @@ def _search_with_baseline(base_right: int, best_right: int, size: int = 1000) ->
 def test_the_best_trial_wins_only_when_it_beats_the_baseline_significantly(best_right, alpha,
                                                                            kept):
     study = _search_with_baseline(800, best_right)
-    chosen = studies.winner(study, 1000, alpha)
+    chosen = studies.winner(study, alpha)
     assert chosen.best.number == 1 and chosen.kept_baseline is kept
     assert chosen.trial.number == (0 if kept else 1)
     assert chosen.p_value is not None and (chosen.p_value < 0.05) is (best_right == 840)
@@ -179,5 +179,5 @@ def test_the_best_trial_wins_only_when_it_beats_the_baseline_significantly(best_
 def test_without_a_baseline_trial_the_best_wins():
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
-    chosen = studies.winner(study, 1000, 0.05)
+    chosen = studies.winner(study, 0.05)
     assert chosen.trial.number == study.best_trial.number and chosen.p_value is None

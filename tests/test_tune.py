@@ -74,8 +74,9 @@ def test_train_keeps_the_baseline_unless_a_trial_beats_it_significantly(tune_par
         assert "train keeps params.yaml's values" in capsys.readouterr().out
     # the baseline trial kept one bit per validation image: right or wrong
     size = len(load_split(project / "data/processed", "val"))
-    right = studies.recorded_correct(study.trials[0], size)
-    assert right is not None and right.mean() == pytest.approx(study.trials[0].value)
+    right = studies.recorded_correct(study.trials[0])
+    assert right is not None and len(right) == size
+    assert right.mean() == pytest.approx(study.trials[0].value)
 
 
 def test_study_runs_trials_logs_them_nested_and_writes_best_params(tune_params, project,

@@ -268,7 +268,7 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
         raise UserError(f"no tuning trial completed ({counts['pruned']} pruned, "
                         f"{counts['fail']} failed); see the failed trial runs under MLflow run "
                         f"{run.run_id} for the reasons")
-    chosen = studies.winner(study, len(load_split(data_dir, "val")), cfg.baseline_alpha)
+    chosen = studies.winner(study, cfg.baseline_alpha)
     value = chosen.trial.value
     summary = {"val": {"best_accuracy": study.best_value, "chosen_accuracy": value},
                "best_trial": chosen.best.number, "chosen_trial": chosen.trial.number,

@@ -124,17 +124,18 @@ def open_study(cfg: TuneSettings, storage: str, name: str, worker: int = 0) -> o
 def record_correct(trial: optuna.Trial, correct: np.ndarray) -> None:
     """Keep which validation images the trial's model gets right (one bit each), for
     :func:`winner`'s paired test."""
-    packed = np.packbits(np.asarray(correct, dtype=bool))
-    trial.set_user_attr(CORRECT_ATTR, base64.b64encode(packed.tobytes()).decode())
+    correct = np.asarray(correct, dtype=bool)
+    packed = base64.b64encode(np.packbits(correct).tobytes()).decode()
+    trial.set_user_attr(CORRECT_ATTR, {"images": len(correct), "bits": packed})
 
 
-def recorded_correct(trial: FrozenTrial, size: int) -> np.ndarray | None:
-    """What :func:`record_correct` kept for ``trial`` (``size`` images), if anything."""
-    packed = trial.user_attrs.get(CORRECT_ATTR)
-    if packed is None:
+def recorded_correct(trial: FrozenTrial) -> np.ndarray | None:
+    """What :func:`record_correct` kept for ``trial``, if anything."""
+    kept = trial.user_attrs.get(CORRECT_ATTR)
+    if kept is None:
         return None
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
-    return bits[:size].astype(bool)
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(kept["bits"]), dtype=np.uint8))
+    return bits[:kept["images"]].astype(bool)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Winner:
         return self.trial.number != self.best.number
 
 
-def winner(study: optuna.Study, val_size: int, alpha: float) -> Winner:
+def winner(study: optuna.Study, alpha: float) -> Winner:
     """The best trial, unless params.yaml's baseline trial does not fall significantly behind
     it: then the baseline.
 
@@ -164,7 +165,7 @@ def winner(study: optuna.Study, val_size: int, alpha: float) -> Winner:
                  if t.user_attrs.get("baseline")]
     if not baselines or baselines[0].number == best.number:
         return Winner(best, best, None)
-    best_correct, base_correct = (recorded_correct(t, val_size) for t in (best, baselines[0]))
+    best_correct, base_correct = (recorded_correct(t) for t in (best, baselines[0]))
     if best_correct is None or base_correct is None:
         return Winner(best, best, None)
     p_value = mcnemar(base_correct, best_correct)[0]
