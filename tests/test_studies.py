@@ -149,11 +149,14 @@ def test_each_trial_outcome_is_one_line_with_the_median_it_fell_below():
         "trial 3 fail: RuntimeError: nan loss"]
 
 
-def _search_with_baseline(base_right: int, best_right: int, size: int = 1000) -> optuna.Study:
-    """A finished study: the baseline trial and a better one, each with the validation images
-    its model got right (the better one's are a superset of the baseline's)."""
+def _search_with_baseline(base_right: int, best_right: int, size: int = 1000,
+                          others: tuple[int, ...] = ()) -> optuna.Study:
+    """A finished study: the baseline trial, a better one, then ``others`` (each with the
+    validation images its model got right; the better one's are a superset of the
+    baseline's)."""
     study = optuna.create_study(direction="maximize")
-    for right, baseline in ((base_right, True), (best_right, False)):
+    trials = [(base_right, True), (best_right, False), *((right, False) for right in others)]
+    for right, baseline in trials:
         trial = study.ask()
         trial.set_user_attr("baseline", baseline)
         trial.suggest_float("lr", 1e-3, 1e-1, log=True)
@@ -174,6 +177,16 @@ def test_the_best_trial_wins_only_when_it_beats_the_baseline_significantly(best_
     assert chosen.best.number == 1 and chosen.kept_baseline is kept
     assert chosen.trial.number == (0 if kept else 1)
     assert chosen.p_value is not None and (chosen.p_value < 0.05) is (best_right == 840)
+
+
+def test_the_best_of_several_challengers_must_beat_the_baseline_by_more():
+    # 6 more right, none fewer: exact McNemar p = 2 / 2**6 = 0.031, a win over one challenger
+    alone = studies.winner(_search_with_baseline(800, 806), 0.05)
+    assert not alone.kept_baseline and alone.p_value == pytest.approx(0.03125)
+    # the same best trial picked from two challengers: p doubles to 0.0625, chance
+    picked = studies.winner(_search_with_baseline(800, 806, others=(790,)), 0.05)
+    assert picked.best.number == 1 and picked.kept_baseline and picked.trial.number == 0
+    assert picked.p_value == pytest.approx(0.0625)
 
 
 def test_without_a_baseline_trial_the_best_wins():

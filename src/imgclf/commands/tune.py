@@ -281,7 +281,8 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
     if chosen.kept_baseline:
         print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
               f"trial (val {value:.4f}) by chance as far as McNemar can tell (p = "
-              f"{chosen.p_value:.2f} >= tune.baseline_alpha {cfg.baseline_alpha:g}): "
+              f"{chosen.p_value:.2f} over all the challengers, >= tune.baseline_alpha "
+              f"{cfg.baseline_alpha:g}): "
               "train keeps params.yaml's values")
     log_plots(run, study)
     return chosen.trial.params, summary

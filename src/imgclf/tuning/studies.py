@@ -144,7 +144,8 @@ class Winner:
 
     trial: FrozenTrial
     best: FrozenTrial
-    p_value: float | None  # the best trial against the baseline's, on the same images
+    p_value: float | None  # the best trial against the baseline's, on the same images,
+    #                        corrected for the number of challengers
 
     @property
     def kept_baseline(self) -> bool:
@@ -158,17 +159,21 @@ def winner(study: optuna.Study, alpha: float) -> Winner:
     A short trial's validation accuracy moves by a point between neighbouring learning rates
     by chance alone, and a winner by chance is no better than the baseline in full training.
     The two trials' models answered the same validation images, so exact McNemar on their
-    right and wrong answers decides (``alpha`` = 1 always takes the best).
+    right and wrong answers decides (``alpha`` = 1 always takes the best). The best trial was
+    picked as the top of every completed challenger, so its p-value is Bonferroni-corrected
+    for their number: with ``m`` challengers, ``min(1, m * p)``. Otherwise the more trials a
+    study runs, the likelier the top one beats the baseline by chance.
     """
     best = study.best_trial
-    baselines = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.user_attrs.get("baseline")]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    baselines = [t for t in complete if t.user_attrs.get("baseline")]
     if not baselines or baselines[0].number == best.number:
         return Winner(best, best, None)
     best_correct, base_correct = (recorded_correct(t) for t in (best, baselines[0]))
     if best_correct is None or base_correct is None:
         return Winner(best, best, None)
-    p_value = mcnemar(base_correct, best_correct)[0]
+    challengers = sum(1 for t in complete if not t.user_attrs.get("baseline"))
+    p_value = min(1.0, challengers * mcnemar(base_correct, best_correct)[0])
     return Winner(best if p_value < alpha else baselines[0], best, p_value)
 
 
