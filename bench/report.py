@@ -238,13 +238,19 @@ def render(r: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` on {m['date']}: {m['cpu_cores']} CPU cores ({m['cpu']}), "
+        f"Measured by `make bench`, last on {m['date']}: {m['cpu_cores']} CPU cores ({m['cpu']}), "
         f"torch {m['torch']}, Python {m['python']}, device {m['device']}"
         f"{_precision(m)}. "
         "Comparisons run both sides in one process, interleaved, and give the median ratio "
         "with min-max. Raw numbers: `bench/results.json`.",
         "",
     ]
+    measured: dict[str, list[str]] = {}
+    for section, day in r.get("measured", {}).items():
+        measured.setdefault(day, []).append(section)
+    if len(measured) > 1:  # `--only` reran some sections
+        lines += ["Sections by the day they were last measured: " + "; ".join(
+            f"{day}: {', '.join(names)}" for day, names in sorted(measured.items())) + ".", ""]
     if m["device"] == "cpu":
         lines += ["No GPU run is recorded here: this machine has none.", ""]
 

@@ -513,6 +513,7 @@ def main() -> None:
         print(f"{name}...", flush=True)
         started = time.perf_counter()
         results[name] = sections[name]()
+        results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d")
         print(f"  {time.perf_counter() - started:.0f} s", flush=True)
         write_json(out, results)  # keep what is done so far
     write_text(ROOT / "BENCHMARKS.md", report(results))
