@@ -151,6 +151,18 @@ def test_model_holds_the_weights_of_the_kept_epoch(monkeypatch, keep, kept_epoch
         assert torch.equal(value, states[kept_epoch][name]), name
 
 
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_the_result_holds_the_kept_epochs_validation_predictions(keep):
+    cfg = recipe(model="cnn", keep=keep)
+    train, val = splits()
+    result = engine.fit(fresh_model(cfg), train, val, cfg, device=torch.device("cpu"))
+    assert result.val_predictions is not None
+    # what scoring the kept model again would give, without scoring it again
+    assert torch.equal(result.val_predictions, engine.score(result.model, val, 64).predictions)
+    assert (result.val_predictions == val.labels).float().mean().item() == pytest.approx(
+        result.kept.val_accuracy)
+
+
 def test_small_training_splits_get_smaller_batches_for_enough_steps():
     assert engine.batch_size_for(128, 54000) == 128  # the built-in datasets: unchanged
     assert engine.batch_size_for(128, 300) == 30

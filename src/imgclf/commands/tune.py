@@ -111,7 +111,9 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             trial.set_user_attr(studies.FAIL_ATTR, error_tag(exc))
             raise
         run.log_metrics({OBJECTIVE: result.best.val_accuracy, "best_epoch": result.best_epoch})
-        answers = score(result.model, val_split, recipe.eval_batch_size).predictions
+        answers = result.val_predictions
+        if answers is None:  # not kept across a resume
+            answers = score(result.model, val_split, recipe.eval_batch_size).predictions
         studies.record_correct(trial, (answers == val_split.labels.cpu()).numpy())
         return result.best.val_accuracy
 

@@ -76,6 +76,9 @@ class FitResult:
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0
     kept_epoch: int = 0
+    # the kept epoch's predicted class of each validation image (this process's shard); None
+    # when that epoch ran before a resume
+    val_predictions: torch.Tensor | None = None
 
     @property
     def best(self) -> EpochStats:
@@ -234,6 +237,9 @@ class Training:
     steps_per_epoch: int
     result: FitResult
     best_state: dict[str, torch.Tensor] | None = None
+    # the validation predictions of the last epoch and of the best one, for FitResult
+    last_predictions: torch.Tensor | None = None
+    best_predictions: torch.Tensor | None = None
 
     @property
     def best_accuracy(self) -> float:
@@ -356,8 +362,10 @@ def run_epoch(training: Training, train: Split, val: Split, recipe: TrainSetting
         images_per_s=len(train) / train_seconds,
     )
     training.result.history.append(stats)
+    training.last_predictions = evaluated.predictions
     if stats.val_accuracy > training.best_accuracy:
         training.result.best_epoch = epoch
+        training.best_predictions = evaluated.predictions
         if recipe.keep == "best":
             training.best_state = copy.deepcopy(training.model.state_dict())
     if distributed()[0] == 0:
@@ -413,7 +421,9 @@ def keep(training: Training, which: str) -> FitResult:
     if which == "best" and training.best_state is not None:
         training.model.load_state_dict(training.best_state)
         result.kept_epoch = result.best_epoch
+        result.val_predictions = training.best_predictions
     else:
         result.kept_epoch = len(result.history)
+        result.val_predictions = training.last_predictions
     training.model.eval()
     return result
