@@ -82,7 +82,7 @@ test-fast: setup ## the tests not marked slow
 bench: setup data ## measure speed, overhead and memory; writes BENCHMARKS.md (~45 min)
 	$(BIN)/python bench/run.py
 
-bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~15 min)
+bench-long: setup ## the longer preset (presets/long.yaml) on make bench's project (~30 min)
 	$(BIN)/python bench/run.py --only preset
 
 bench-recipes: setup ## the default recipe under 3 seeds and changes to it, on make bench's project (~40 min)
