@@ -150,17 +150,21 @@ def test_each_trial_outcome_is_one_line_with_the_median_it_fell_below():
 
 
 def _search_with_baseline(base_right: int, best_right: int, size: int = 1000,
-                          others: tuple[int, ...] = ()) -> optuna.Study:
+                          others: tuple[int, ...] = (), best_kept: object = None
+                          ) -> optuna.Study:
     """A finished study: the baseline trial, a better one, then ``others`` (each with the
     validation images its model got right; the better one's are a superset of the
-    baseline's)."""
+    baseline's). ``best_kept``: what the better trial keeps instead of its answers."""
     study = optuna.create_study(direction="maximize")
     trials = [(base_right, True), (best_right, False), *((right, False) for right in others)]
-    for right, baseline in trials:
+    for number, (right, baseline) in enumerate(trials):
         trial = study.ask()
         trial.set_user_attr("baseline", baseline)
         trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-        studies.record_correct(trial, np.arange(size) < right)
+        if number == 1 and best_kept is not None:
+            trial.set_user_attr(studies.CORRECT_ATTR, best_kept)
+        else:
+            studies.record_correct(trial, np.arange(size) < right)
         study.tell(trial, right / size)
     return study
 
@@ -187,6 +191,20 @@ def test_the_best_of_several_challengers_must_beat_the_baseline_by_more():
     picked = studies.winner(_search_with_baseline(800, 806, others=(790,)), 0.05)
     assert picked.best.number == 1 and picked.kept_baseline and picked.trial.number == 0
     assert picked.p_value == pytest.approx(0.0625)
+
+
+@pytest.mark.parametrize("kept", [
+    "AAAA",                          # an earlier version's bare string
+    {"images": 1000},                # no bits
+    {"images": 9000, "bits": "AAAA"},  # more images than bits
+    {"images": 3, "bits": "not base64!"},
+])
+def test_answers_that_cannot_be_read_are_no_evidence_against_the_baseline(kept):
+    study = _search_with_baseline(800, 840, best_kept=kept)  # a real difference, were it kept
+    assert studies.recorded_correct(study.trials[1]) is None
+    chosen = studies.winner(study, 0.05)
+    assert chosen.kept_baseline and chosen.trial.number == 0 and chosen.p_value is None
+    assert studies.winner(study, 1.0).trial.number == 1  # alpha 1: always the best
 
 
 def test_without_a_baseline_trial_the_best_wins():

@@ -280,7 +280,12 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
     # facts of the search, not scores
     run.log_params({"best_trial": chosen.best.number, "chosen_trial": chosen.trial.number,
                     **{f"trials.{state}": n for state, n in counts.items()}})
-    if chosen.kept_baseline:
+    if chosen.kept_baseline and chosen.p_value is None:
+        print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
+              f"trial (val {value:.4f}), but one of them kept no validation answers to test "
+              "the difference with (a trial of an earlier version of this stage): train keeps "
+              "params.yaml's values; name a new tune.study to search afresh")
+    elif chosen.kept_baseline:
         print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
               f"trial (val {value:.4f}) by chance as far as McNemar can tell (p = "
               f"{chosen.p_value:.2f} over all the challengers, >= tune.baseline_alpha "

@@ -130,11 +130,19 @@ def record_correct(trial: optuna.Trial, correct: np.ndarray) -> None:
 
 
 def recorded_correct(trial: FrozenTrial) -> np.ndarray | None:
-    """What :func:`record_correct` kept for ``trial``, if anything."""
+    """What :func:`record_correct` kept for ``trial``; None when it kept nothing readable (a
+    trial of an earlier version of the stage, resumed in the same study)."""
     kept = trial.user_attrs.get(CORRECT_ATTR)
-    if kept is None:
+    if not (isinstance(kept, dict) and isinstance(kept.get("images"), int)
+            and isinstance(kept.get("bits"), str)):
         return None
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(kept["bits"]), dtype=np.uint8))
+    try:
+        packed = base64.b64decode(kept["bits"], validate=True)
+    except ValueError:
+        return None
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))
+    if not 0 <= kept["images"] <= len(bits):
+        return None
     return bits[:kept["images"]].astype(bool)
 
 
@@ -162,7 +170,9 @@ def winner(study: optuna.Study, alpha: float) -> Winner:
     right and wrong answers decides (``alpha`` = 1 always takes the best). The best trial was
     picked as the top of every completed challenger, so its p-value is Bonferroni-corrected
     for their number: with ``m`` challengers, ``min(1, m * p)``. Otherwise the more trials a
-    study runs, the likelier the top one beats the baseline by chance.
+    study runs, the likelier the top one beats the baseline by chance. Without both trials'
+    answers (trials of an earlier version, resumed in the same study) nothing shows the best
+    is better, so the baseline stays unless ``alpha`` is 1.
     """
     best = study.best_trial
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -170,8 +180,9 @@ def winner(study: optuna.Study, alpha: float) -> Winner:
     if not baselines or baselines[0].number == best.number:
         return Winner(best, best, None)
     best_correct, base_correct = (recorded_correct(t) for t in (best, baselines[0]))
-    if best_correct is None or base_correct is None:
-        return Winner(best, best, None)
+    if best_correct is None or base_correct is None or len(best_correct) != len(base_correct):
+        # nothing to test with (trials of an earlier version): no evidence against the baseline
+        return Winner(best if alpha >= 1 else baselines[0], best, None)
     challengers = sum(1 for t in complete if not t.user_attrs.get("baseline"))
     p_value = min(1.0, challengers * mcnemar(base_correct, best_correct)[0])
     return Winner(best if p_value < alpha else baselines[0], best, p_value)
