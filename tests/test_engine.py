@@ -58,6 +58,9 @@ def test_a_fit_interrupted_and_restored_equals_an_uninterrupted_one(keep):
     assert resumed_epochs == [2, 3]
     assert without_timing(resumed.history) == without_timing(whole.history)
     assert (resumed.best_epoch, resumed.kept_epoch) == (whole.best_epoch, whole.kept_epoch)
+    # the kept epoch's validation answers survive the interruption too
+    assert resumed.val_predictions is not None and whole.val_predictions is not None
+    assert torch.equal(resumed.val_predictions, whole.val_predictions)
     for (name, a), b in zip(whole.model.state_dict().items(),
                             resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

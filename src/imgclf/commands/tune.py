@@ -28,7 +28,7 @@ from imgclf.tracking.orphans import close_orphaned_run, error_tag
 from imgclf.tracking.runs import StageRun, stage_run, trial_run
 from imgclf.tracking.starts import start_from
 from imgclf.tracking.store import connect
-from imgclf.training.engine import EpochStats, score
+from imgclf.training.engine import EpochStats
 from imgclf.training.trainer import train
 from imgclf.training.transfer import Start
 from imgclf.tuning import best_params, studies
@@ -112,8 +112,7 @@ def objective(trial: optuna.Trial, job: Job, train_split: Split, val_split: Spli
             raise
         run.log_metrics({OBJECTIVE: result.best.val_accuracy, "best_epoch": result.best_epoch})
         answers = result.val_predictions
-        if answers is None:  # not kept across a resume
-            answers = score(result.model, val_split, recipe.eval_batch_size).predictions
+        assert answers is not None  # a trial trains at least one epoch
         studies.record_correct(trial, (answers == val_split.labels.cpu()).numpy())
         return result.best.val_accuracy
 
@@ -280,17 +279,14 @@ def tune(settings: Settings, data_dir: Path, root: Path, run: StageRun
     # facts of the search, not scores
     run.log_params({"best_trial": chosen.best.number, "chosen_trial": chosen.trial.number,
                     **{f"trials.{state}": n for state, n in counts.items()}})
-    if chosen.kept_baseline and chosen.p_value is None:
+    if chosen.kept_baseline:
+        why = ("but one of them kept no validation answers to test the difference with (a "
+               "trial of an earlier version of this stage; name a new tune.study to search "
+               "afresh)" if chosen.p_value is None else
+               f"by chance as far as McNemar can tell (p = {chosen.p_value:.2f} over all the "
+               f"challengers, >= tune.baseline_alpha {cfg.baseline_alpha:g})")
         print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
-              f"trial (val {value:.4f}), but one of them kept no validation answers to test "
-              "the difference with (a trial of an earlier version of this stage): train keeps "
-              "params.yaml's values; name a new tune.study to search afresh")
-    elif chosen.kept_baseline:
-        print(f"trial {chosen.best.number} (val {study.best_value:.4f}) beats the baseline "
-              f"trial (val {value:.4f}) by chance as far as McNemar can tell (p = "
-              f"{chosen.p_value:.2f} over all the challengers, >= tune.baseline_alpha "
-              f"{cfg.baseline_alpha:g}): "
-              "train keeps params.yaml's values")
+              f"trial (val {value:.4f}) {why}: train keeps params.yaml's values")
     log_plots(run, study)
     return chosen.trial.params, summary
 

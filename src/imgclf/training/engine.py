@@ -77,7 +77,7 @@ class FitResult:
     best_epoch: int = 0
     kept_epoch: int = 0
     # the kept epoch's predicted class of each validation image (this process's shard); None
-    # when that epoch ran before a resume
+    # only when no epoch ran
     val_predictions: torch.Tensor | None = None
 
     @property
@@ -287,6 +287,8 @@ def snapshot(training: Training, epoch: int) -> dict[str, Any]:
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "history": [asdict(stats) for stats in training.result.history],
         "best_epoch": training.result.best_epoch, "best_state": training.best_state,
+        "last_predictions": training.last_predictions,
+        "best_predictions": training.best_predictions,
     }
 
 
@@ -304,6 +306,9 @@ def restore(training: Training, state: dict[str, Any]) -> int:
     training.result.history = [EpochStats(**stats) for stats in state["history"]]
     training.result.best_epoch = state["best_epoch"]
     training.best_state = state["best_state"]
+    # absent from checkpoints written before they were kept
+    training.last_predictions = state.get("last_predictions")
+    training.best_predictions = state.get("best_predictions")
     return int(state["epoch"])
 
 
