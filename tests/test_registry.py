@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgclf.common.settings import load_settings
+from imgclf.common.files import project_root
+from imgclf.common.settings import SOURCE_TAG, load_settings
 from imgclf.tracking.models import log_classifier
-from imgclf.tracking.registry import champion_uri, current_champion, register_model
+from imgclf.tracking.registry import (
+    LEGACY_FOLDER_MODEL,
+    current_champion,
+    model_tags,
+    register_model,
+    registered_name,
+    resolve_version,
+    settings_champion,
+)
 from imgclf.tracking.runs import stage_run
 from imgclf.tracking.store import TrackingError
 from imgclf.training.checkpoint import Architecture, save_model
@@ -53,6 +62,94 @@ def test_the_alias_moves_only_when_the_chooser_says_so_and_the_decision_is_tagge
     assert current_champion("no-such-model") is None
 
 
-def test_champion_uri_needs_a_champion(project, client):
-    with pytest.raises(TrackingError, match="no 'champion' version yet"):
-        champion_uri("nothing-registered")
+def _register(settings, tmp_path, name=None, champion=True):
+    """Register a tiny model for ``settings``' data, as the evaluate stage does."""
+    name = name or registered_name(settings)
+    source = settings.data.source(project_root())
+    return register_model(name, logged_model(settings, tmp_path), {SOURCE_TAG: source},
+                          lambda current, version: (champion, {}),
+                          model_tags=model_tags(settings))
+
+
+@pytest.mark.parametrize(("data", "name"), [
+    ({"dataset": "fashion-mnist"}, "fashion-mnist-classifier"),
+    ({"dataset": "mnist"}, "mnist-classifier"),
+    ({"dataset": "folder", "path": "data/digits"}, "digits-classifier"),
+    ({"dataset": "folder", "path": "data/Leaf Photos/"}, "leaf-photos-classifier"),
+    ({"dataset": "folder", "path": "/srv/shapes.tar.gz"}, "shapes-classifier"),
+    ({"dataset": "folder", "path": "pets.zip"}, "pets-classifier"),
+])
+def test_each_dataset_has_a_registered_model_named_after_it(project, set_params, data, name):
+    set_params(**{f"data__{key}": value for key, value in data.items()})
+    assert registered_name(load_settings(project / "params.yaml")) == name
+
+
+def test_two_folders_of_one_name_never_share_a_registered_model(project, set_params, client,
+                                                                tmp_path):
+    set_params(data__dataset="folder", data__path="data/a/images")
+    first = load_settings(project / "params.yaml")
+    assert _register(first, tmp_path).name == "images-classifier"
+    assert client.get_registered_model("images-classifier").tags[SOURCE_TAG] == (
+        "folder:data/a/images")
+    assert registered_name(first) == "images-classifier"  # the same folder keeps its name
+    set_params(data__dataset="folder", data__path=str(project / "data/b/images"))
+    second = load_settings(project / "params.yaml")
+    other = registered_name(second)
+    assert other != "images-classifier" and other.startswith("images-")
+    assert other.endswith("-classifier")
+    assert registered_name(second) == other  # stable
+    # a legacy shared registered model, untagged, is not taken for a folder's own
+    set_params(data__dataset="folder", data__path="data/folder")
+    register_model(LEGACY_FOLDER_MODEL, logged_model(first, tmp_path), {},
+                   lambda current, version: (True, {}))
+    assert registered_name(load_settings(project / "params.yaml")) != LEGACY_FOLDER_MODEL
+
+
+def test_a_name_the_user_gives_is_shared_and_untagged(project, set_params):
+    set_params(data__dataset="folder", data__path="data/digits",
+               evaluate__registered_model="team-model")
+    settings = load_settings(project / "params.yaml")
+    assert registered_name(settings) == "team-model" and model_tags(settings) == {}
+
+
+def test_the_default_model_is_the_current_datas_champion(project, set_params, client,
+                                                          tmp_path):
+    set_params(data__dataset="folder", data__path="data/digits")
+    digits = load_settings(project / "params.yaml")
+    _register(digits, tmp_path)
+    champion = settings_champion(digits)
+    assert (champion.name, champion.version) == ("digits-classifier", "1")
+    assert champion.uri == "models:/digits-classifier/1"  # the version, not the alias
+    assert resolve_version("models:/digits-classifier@champion") == champion.uri
+    assert resolve_version("runs:/abc/model") == "runs:/abc/model"
+
+    set_params(data__dataset="folder", data__path="data/shapes")
+    with pytest.raises(TrackingError) as raised:  # never the digits' model
+        settings_champion(load_settings(project / "params.yaml"))
+    message = str(raised.value)
+    assert "no model for the folder data/shapes yet" in message
+    assert "'shapes-classifier'" in message and "make run" in message and "--model" in message
+
+
+def test_a_shared_name_never_serves_another_datasets_champion(project, set_params, client,
+                                                              tmp_path):
+    set_params(data__dataset="folder", data__path="data/digits",
+               evaluate__registered_model="team-model")
+    _register(load_settings(project / "params.yaml"), tmp_path)
+    set_params(data__dataset="folder", data__path="data/shapes",
+               evaluate__registered_model="team-model")
+    with pytest.raises(TrackingError) as raised:
+        settings_champion(load_settings(project / "params.yaml"))
+    assert ("was trained on the folder data/digits, not on the folder data/shapes"
+            in str(raised.value))
+
+
+def test_no_champion_points_to_the_legacy_shared_model(project, set_params, client, tmp_path):
+    settings = load_settings(project / "params.yaml")
+    register_model(LEGACY_FOLDER_MODEL, logged_model(settings, tmp_path), {},
+                   lambda current, version: (True, {}))
+    set_params(data__dataset="folder", data__path="data/digits")
+    with pytest.raises(TrackingError, match=f"models:/{LEGACY_FOLDER_MODEL}@champion"):
+        settings_champion(load_settings(project / "params.yaml"))
+    # the legacy versions stay where they were, readable
+    assert current_champion(LEGACY_FOLDER_MODEL)[0] == "1"

@@ -1,6 +1,6 @@
-"""Serve the registry's champion model over HTTP with ``mlflow models serve``.
+"""Serve the champion model of params.yaml's data over HTTP with ``mlflow models serve``.
 
-    python -m imgclf.serve [--host 127.0.0.1] [--port 5001]
+    python -m imgclf.serve [--model URI] [--host 127.0.0.1] [--port 5001]
 
 The model is loaded in the current environment (``--env-manager local``) from its code and
 its ``torch.export`` program: nothing is unpickled, and nothing is written to the tracking
@@ -8,8 +8,9 @@ store or the project. Requests are MLflow's scoring protocol: POST ``/invocation
 images in a column named ``image`` (base64-encoded PNG or JPEG bytes, or floats in [0, 1]
 shaped channels x height x width) in any of MLflow's forms, e.g.
 ``{"inputs": {"image": ["<base64>"]}}``; each image is answered with its ``class``, that
-class's ``probability`` and every class's ``probabilities``. Bad input gets HTTP 400 with
-a message.
+class's ``probability``, every class's ``probabilities`` and the ``model`` version that
+answered. Bad input gets HTTP 400 with a message. ``--model`` serves another logged model
+(``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model``) instead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--model", help="a logged model's URI (default: the champion)")
     return parser.parse_args(argv)
 
 

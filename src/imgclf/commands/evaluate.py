@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from imgclf.common.files import atomic_open, write_json, write_text
-from imgclf.common.settings import EvaluateSettings, load_settings
+from imgclf.common.files import atomic_open, project_root, write_json, write_text
+from imgclf.common.settings import SOURCE_TAG, EvaluateSettings, Settings, load_settings
 from imgclf.data.splits import Split, load_meta, load_split, split_digest
 from imgclf.evaluation.figures import confusion_csv, confusion_figure, reliability_figure
 from imgclf.evaluation.predictions import to_csv
@@ -20,7 +20,7 @@ from imgclf.evaluation.scores import Predictions, SplitReport, predict
 from imgclf.evaluation.selection import DIGEST_TAG, Decision, decide, split_of
 from imgclf.tracking.datasets import SplitDataset, split_dataset
 from imgclf.tracking.models import load
-from imgclf.tracking.registry import register_model, version_uri
+from imgclf.tracking.registry import model_tags, register_model, registered_name, version_uri
 from imgclf.tracking.runs import StageRun, run_metrics, stage_run, used_values
 from imgclf.training.checkpoint import load_model
 
@@ -60,11 +60,13 @@ def champion_predictions(name: str, version: str, split: Split, batch_size: int
 
 
 def register(name: str, info: dict[str, Any], reports: Mapping[str, SplitReport],
-             settings: EvaluateSettings, run: StageRun, data: Path, digests: dict[str, str]
+             all_settings: Settings, run: StageRun, data: Path, digests: dict[str, str]
              ) -> dict[str, Any]:
     """Register the trained model, and let the paired test decide whether it becomes the
     champion; return what the metrics file records about it."""
+    settings: EvaluateSettings = all_settings.evaluate
     metric, split = settings.champion_metric, split_of(settings.champion_metric)
+    source = all_settings.data.source(project_root())
     made: list[Decision] = []
 
     def choose(champion: tuple[str, dict[str, str]] | None, version: str
@@ -74,16 +76,17 @@ def register(name: str, info: dict[str, Any], reports: Mapping[str, SplitReport]
                           lambda: champion_predictions(name, champion[0],  # type: ignore[index]
                                                        load_split(data, split),
                                                        settings.batch_size),
-                          len(reports[split].classes))
+                          len(reports[split].classes), source)
         made.append(decision)
         return decision.moves, decision.tags(champion[0] if champion else None)
 
     scores = {k: f"{v:.6g}" for report in reports.values() for k, v in report.scores().items()}
     registered = register_model(name, info["mlflow_model_uri"], {
-        **scores, **digests,
+        **scores, **digests, SOURCE_TAG: source,
         "data_version": info.get("data_version", ""),
         "git_commit": run.tags.get("git_commit", ""),
-        "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id}, choose)
+        "train_run_id": info.get("mlflow_run_id", ""), "evaluate_run_id": run.run_id}, choose,
+        model_tags=model_tags(all_settings))
     decision = made[-1]
     run.set_tags({"registered_model": name, "model_version": registered.version,
                   "champion": str(registered.champion).lower(), **decision.tags(None)})
@@ -169,10 +172,9 @@ def execute(args: argparse.Namespace) -> int:
                     if key.startswith(f"{split}/")} for split in SPLITS}
         summary["mlflow_run_id"] = run.run_id
         summary["digests"] = {split: digests[DIGEST_TAG.format(split=split)] for split in SPLITS}
-        name = settings.evaluate.model_name(settings.data.dataset)
+        name = registered_name(settings)
         if name and "mlflow_model_uri" in info:  # a model the train stage logged to MLflow
-            summary |= register(name, info, reports, settings.evaluate, run, args.data,
-                                digests)
+            summary |= register(name, info, reports, settings, run, args.data, digests)
         write_json(args.metrics, summary)
         lines = [summary_line(report) for report in reports.values()]
         if "model_version" in summary:

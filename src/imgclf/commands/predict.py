@@ -20,14 +20,16 @@ import torch
 from tqdm import tqdm
 
 from imgclf.common.errors import UserError
-from imgclf.common.files import atomic_open, write_text
-from imgclf.common.settings import load_settings
+from imgclf.common.files import atomic_open, project_root, write_text
+from imgclf.common.settings import Settings, is_model_uri, load_settings
 from imgclf.common.stats import accuracy_interval
+from imgclf.data.datasets import DATASETS
 from imgclf.data.images import BadImage, png_bytes
-from imgclf.data.splits import load_meta, load_split
-from imgclf.inference.classifier import Classifier
+from imgclf.data.splits import META_FILE, load_meta, load_split
+from imgclf.inference.classifier import Classifier, Preprocessing
 from imgclf.tracking.models import load
-from imgclf.tracking.registry import settings_champion_uri
+from imgclf.tracking.registry import resolve_version, settings_champion
+from imgclf.tracking.store import connect
 
 
 def expand(paths: Iterable[str]) -> list[Path]:
@@ -56,9 +58,10 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def predict_files(classifier: Classifier, files: list[Path], batch_size: int, top_k: int
-                  ) -> Iterator[dict[str, Any]]:
-    """One row per file, in order; a file that is not a readable image gets an ``error``."""
+def predict_files(classifier: Classifier, files: list[Path], batch_size: int, top_k: int,
+                  model: str = "") -> Iterator[dict[str, Any]]:
+    """One row per file, in order; a file that is not a readable image gets an ``error``.
+    Every row names the ``model`` that answered (a registered version, not an alias)."""
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         pixels: list[np.ndarray] = []
@@ -71,8 +74,9 @@ def predict_files(classifier: Classifier, files: list[Path], batch_size: int, to
         probabilities: Iterator[torch.Tensor] = iter(
             classifier.probabilities_of_pixels(np.stack(pixels)) if pixels else [])
         for i, path in enumerate(chunk):
-            yield ({"path": str(path), "error": errors[i]} if i in errors
-                   else {"path": str(path), **_top(classifier, next(probabilities), top_k)})
+            yield ({"path": str(path), "error": errors[i], "model": model} if i in errors
+                   else {"path": str(path), **_top(classifier, next(probabilities), top_k),
+                         "model": model})
 
 
 def _top(classifier: Classifier, probabilities: torch.Tensor, top_k: int) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def rows_text(rows: list[dict[str, Any]], fmt: str, top_k: int) -> str:
         return json.dumps(rows, indent=1) + "\n"
     ranks = [f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("class", "probability")]
     out = io.StringIO()
-    writer = csv.DictWriter(out, ["path", "class", "probability", *ranks, "error"],
+    writer = csv.DictWriter(out, ["path", "class", "probability", *ranks, "error", "model"],
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -100,12 +104,13 @@ def rows_text(rows: list[dict[str, Any]], fmt: str, top_k: int) -> str:
 
 def folder_accuracy(rows: list[dict[str, Any]], classes: list[str]
                     ) -> tuple[float, tuple[float, float], int] | None:
-    """Accuracy against the parent folders' names (as :func:`export_samples` writes them),
-    with its 95% interval, when every readable file sits in a folder named after a class;
-    else ``None``."""
+    """Accuracy against the class folders' names (as :func:`export_samples` writes them, or
+    as the pipeline reads them: subfolders of a class folder belong to it), with its 95%
+    interval, when every readable file sits in a folder named after a class; else ``None``."""
     by_folder = {safe_name(name): name for name in classes} | {name: name for name in classes}
     read = [row for row in rows if "class" in row]
-    truth = [by_folder.get(Path(row["path"]).parent.name) for row in read]
+    truth = [next((by_folder[folder.name] for folder in Path(row["path"]).parents
+                   if folder.name in by_folder), None) for row in read]
     if not read or None in truth:
         return None
     correct = sum(row["class"] == name for row, name in zip(read, truth, strict=True))
@@ -132,6 +137,63 @@ def safe_name(name: str) -> str:
     return "_" + cleaned if cleaned.startswith(".") or not cleaned else cleaned
 
 
+def current_data(settings: Settings, data: Path) -> tuple[list[str], list[int]] | None:
+    """The current dataset's class names and image shape: the preprocessed splits' when
+    they exist, a built-in dataset's published ones otherwise (``None``: not known yet)."""
+    folder = data if data.is_absolute() else project_root() / data
+    if (folder / META_FILE).is_file():
+        meta = load_meta(folder)
+        return meta.classes, meta.image_shape
+    spec = DATASETS.get(settings.data.dataset)
+    return (list(spec.classes), list(spec.image_shape)) if spec else None
+
+
+def mismatch(preprocessing: Preprocessing, classes: list[str], shape: list[int]) -> str | None:
+    """In words, how a model's input and classes differ from a dataset's (``None``: they
+    agree)."""
+    differences = []
+    if preprocessing.classes != classes:
+        differences.append(f"classes {_names(preprocessing.classes)} against "
+                           f"{_names(classes)}")
+    if preprocessing.image_shape[0] != shape[0]:
+        differences.append(f"{preprocessing.image_shape[0]} channels against {shape[0]}")
+    if preprocessing.image_shape[1:] != shape[1:]:
+        differences.append("size {}x{} against {}x{}".format(*preprocessing.image_shape[1:],
+                                                             *shape[1:]))
+    return "; ".join(differences) or None
+
+
+def _names(classes: list[str], shown: int = 4) -> str:
+    listed = ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
+    return f"{len(classes)} ({listed})"
+
+
+def warn_on_other_data(classifier: Classifier, source: str, settings: Settings, data: Path
+                       ) -> None:
+    """One line on stderr when the model's classes, channels or size are not the current
+    dataset's: its answers may not mean what the user expects, but the user chose it."""
+    current = current_data(settings, data)
+    if current is not None and (differs := mismatch(classifier.preprocessing, *current)):
+        print(f"warning: {source} was trained on other data than params.yaml's ({differs}); "
+              "going on with the model given", file=sys.stderr)
+
+
+def choose_model(args: argparse.Namespace) -> tuple[str, Settings | None]:
+    """The model to load, as a concrete URI or path: ``--model`` (a registry alias resolved
+    to its version), else the champion of the current data's registered model."""
+    if not args.model:
+        settings = load_settings(args.params)
+        return settings_champion(settings).uri, settings
+    try:
+        given = load_settings(args.params)
+    except UserError:
+        return args.model, None  # no project params: nothing to compare the model with
+    if is_model_uri(args.model):
+        connect(given.tracking.experiment)  # the project's store, where its models are
+        return resolve_version(args.model), given
+    return args.model, given
+
+
 def execute(args: argparse.Namespace) -> int:
     if args.export_samples is not None:
         count = export_samples(args.data, args.split, args.export_samples)
@@ -140,14 +202,16 @@ def execute(args: argparse.Namespace) -> int:
     files = expand(args.paths)
     if not files:
         raise UserError(f"no files in {' '.join(args.paths)}")
-    source = args.model or settings_champion_uri(load_settings(args.params))
+    source, settings = choose_model(args)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our bar only
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = load(source, device).classifier
+    if settings is not None:
+        warn_on_other_data(classifier, source, settings, args.data)
     top_k = min(args.top_k, len(classifier.classes))
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
     rows = []
-    for row in predict_files(classifier, files, args.batch_size, top_k):
+    for row in predict_files(classifier, files, args.batch_size, top_k, source):
         rows.append(row)
         bar.update()
     bar.close()

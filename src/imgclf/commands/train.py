@@ -143,7 +143,8 @@ def execute(args: argparse.Namespace, argv: list[str]) -> int:
     splits = load_split(args.data, "train"), load_split(args.data, "val")
     device = resolve_device(recipe.device)  # fail on a missing GPU before a run is opened
     # and on missing starting weights
-    start = start_from(recipe.init, recipe.model, settings.tracking.experiment)
+    start = start_from(recipe.init, recipe.model, settings.tracking.experiment,
+                       settings.download.online, settings.download.timeout_s)
     with distributed.process_group(recipe.processes, device, "imgclf.train", argv) as rank:
         if rank > 0:  # every process trains its shard; only the first tracks and writes
             train(*splits, meta, recipe, checkpoint=args.checkpoint, start=start)

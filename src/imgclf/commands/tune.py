@@ -127,7 +127,8 @@ def run_worker(job: Job) -> None:
                              job.settings.data.seed)
     val_split = load_split(job.data_dir, "val")
     start = start_from(job.settings.train.init, job.settings.train.model,
-                       job.settings.tracking.experiment)
+                       job.settings.tracking.experiment, job.settings.download.online,
+                       job.settings.download.timeout_s)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(lambda trial: objective(trial, job, train_split, val_split, meta, start),
                    n_trials=job.n_trials, timeout=cfg.timeout_s, catch=(Exception,),
@@ -295,7 +296,8 @@ def execute(args: argparse.Namespace) -> int:
     settings = load_settings(args.params)
     meta = load_meta(args.data)  # fail on missing inputs before a run is opened
     start = start_from(settings.train.init, settings.train.model,
-                       settings.tracking.experiment)
+                       settings.tracking.experiment, settings.download.online,
+                       settings.download.timeout_s)
     root = project_root()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,6 +36,13 @@ ModelName = Literal["mlp", "cnn", "convnet", "cifar_cnn", "resnet18", "mobilenet
 # torchvision's classification models train.model takes (ImageNet weights exist for them)
 TORCHVISION_MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 URI_SCHEMES = ("models:/", "runs:/", "file:", "mlflow-artifacts:", "s3:", "gs:", "http")
+# Whether a mirrored image keeps its class, which is what ``auto`` flips follow: clothes,
+# objects and most photos do; digits do not (a mirrored 2 is no digit, a mirrored 7 no 7).
+MIRROR_SAFE = {"fashion-mnist": True, "mnist": False, "cifar10": True, "folder": True}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+FOLDER_PREFIX = "folder:"
+# the registry tag (on registered models and versions) naming the data they are for
+SOURCE_TAG = "dataset"
 
 
 def is_model_uri(source: str) -> bool:
@@ -73,6 +82,27 @@ class DataSettings(_Section):
     resize: Literal["squash", "crop", "pad"]
     channels: Literal["auto", 1, 3]
     dedupe: bool
+
+    def source(self, root: Path) -> str:
+        """Which data this is, as registered versions record it: a built-in dataset's name,
+        or ``folder:<path>`` for a folder (relative to the project ``root`` when inside it).
+        """
+        if self.dataset != "folder":
+            return self.dataset
+        path = Path(os.path.normpath(self.path))
+        if path.is_absolute() and path.is_relative_to(root):
+            path = path.relative_to(root)
+        return FOLDER_PREFIX + path.as_posix()
+
+    def label(self, root: Path) -> str:
+        """The dataset's short name, what ``{dataset}`` in a registered model name becomes:
+        a built-in dataset's name, or a folder's (or archive's) own name, lowercased."""
+        if self.dataset != "folder":
+            return self.dataset
+        name = PurePath(os.path.normpath(root / self.path)).name.lower()
+        for suffix in ARCHIVE_SUFFIXES:
+            name = name.removesuffix(suffix)
+        return re.sub(r"[^a-z0-9_.]+", "-", name).strip("-_.") or "images"
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -114,8 +144,9 @@ class TrainSettings(_Section):
     epochs: int = Field(ge=1, le=10000)
     scheduler: Literal["none", "cosine", "onecycle"]
     label_smoothing: Finite = Field(ge=0, lt=1)
-    augment: Literal["none", "crop", "flip", "crop_flip"]
-    tta: Literal["none", "flip"]
+    # "auto" never reaches the code: Settings resolves it from data.dataset (MIRROR_SAFE)
+    augment: Literal["auto", "none", "crop", "flip", "crop_flip"]
+    tta: Literal["auto", "none", "flip"]
     keep: Literal["last", "best"]
     seed: int
     device: Literal["auto", "cpu", "cuda"]
@@ -233,12 +264,6 @@ class EvaluateSettings(_Section):
     champion_metric: Literal["val/accuracy", "val/macro_f1", "test/accuracy", "test/macro_f1"]
     champion_alpha: Finite = Field(gt=0, le=1)
 
-    def model_name(self, dataset: str) -> str | None:
-        """``registered_model`` with ``{dataset}`` filled in (``None``: do not register)."""
-        if self.registered_model is None:
-            return None
-        return self.registered_model.replace("{dataset}", dataset)
-
 
 class TrackingSettings(_Section):
     """MLflow experiment the stages log to."""
@@ -263,6 +288,25 @@ class Settings(_Section):
     evaluate: EvaluateSettings
     tracking: TrackingSettings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flips_for_the_data(cls, raw: Any) -> Any:
+        """``train.augment`` and ``train.tta`` ``auto``: flips where mirroring keeps the class
+        (:data:`MIRROR_SAFE`), none elsewhere. Every stage, log and trial sees the value used.
+        """
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(key), dict)
+                                                 for key in ("data", "train")):
+            return raw  # the shape's own error follows
+        mirror = MIRROR_SAFE.get(raw["data"].get("dataset"))
+        if mirror is None:
+            return raw
+        train = dict(raw["train"])
+        if train.get("augment") == "auto":
+            train["augment"] = "flip" if mirror else "none"
+        if train.get("tta") == "auto":
+            train["tta"] = "flip" if mirror else "none"
+        return {**raw, "train": train}
+
     @model_validator(mode="after")
     def _model_fits_dataset(self) -> Settings:
         data = self.data
@@ -281,6 +325,13 @@ class Settings(_Section):
                 "tune.workers > 1 use a journal file (tune.storage: null, the default) or "
                 "PostgreSQL (postgresql://user@host/db)")
         return self
+
+
+def describe_source(source: str) -> str:
+    """A :meth:`DataSettings.source` in words: ``mnist`` or ``the folder data/digits``."""
+    if source.startswith(FOLDER_PREFIX):
+        return f"the folder {source.removeprefix(FOLDER_PREFIX)}"
+    return source
 
 
 class SettingsError(UserError):

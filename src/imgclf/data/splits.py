@@ -20,6 +20,8 @@ from imgclf.common.errors import UserError
 from imgclf.common.files import write_json
 from imgclf.data.store import CHUNK, MappedArray, load_array, save_array, write_array
 
+META_FILE = "meta.json"  # beside the splits: what preprocess recorded of them (Meta)
+
 
 @dataclass(frozen=True)
 class Split:
@@ -118,7 +120,7 @@ def _paths(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def save_meta(folder: Path, meta: Meta) -> None:
-    write_json(folder / "meta.json", asdict(meta))
+    write_json(folder / META_FILE, asdict(meta))
 
 
 def save_splits(folder: Path, splits: dict[str, Split], meta: Meta) -> None:
@@ -164,6 +166,6 @@ def split_digest(folder: Path, name: str) -> str:
 
 def load_meta(folder: Path) -> Meta:
     try:
-        return Meta(**json.loads((folder / "meta.json").read_text()))
+        return Meta(**json.loads((folder / META_FILE).read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{folder / 'meta.json'}: unreadable ({exc}); rerun preprocess") from None
+        raise UserError(f"{folder / META_FILE}: unreadable ({exc}); rerun preprocess") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgclf.common.settings import SOURCE_TAG, describe_source
 from imgclf.common.stats import PairedTest, accuracies, paired_test
 from imgclf.evaluation.scores import Predictions, macro_f1_statistic
 
@@ -58,8 +59,11 @@ def decide(
     version: str,
     score_champion: Callable[[], Predictions],
     classes: int,
+    source: str = "",
 ) -> Decision:
-    """The decision for a new ``version`` scored as ``new`` on a split with ``digest``.
+    """The decision for a new ``version`` trained on ``source`` (a dataset's
+    :meth:`~imgclf.common.settings.DataSettings.source`) and scored as ``new`` on a split
+    with ``digest``.
 
     ``champion`` is the current champion's version and tags (``None``: there is none);
     ``score_champion`` scores it on the same split, called only when the two compare.
@@ -71,9 +75,16 @@ def decide(
         return Decision(True, "same version", "this version is the champion already")
     split = split_of(metric)
     theirs = tags.get(DIGEST_TAG.format(split=split))
-    if theirs != digest:
+    trained_on = tags.get(SOURCE_TAG)
+    if trained_on and source and trained_on != source:
+        why = (f"the champion was trained on {describe_source(trained_on)}, this version on "
+               f"{describe_source(source)}")
+    elif theirs != digest:
         why = ("it was scored on other data" if theirs else
                "it records no scores on this split (registered by an earlier imgclf)")
+    else:
+        why = ""
+    if why:
         return Decision(False, "not comparable",
                         f"champion version {current} and this version are not comparable on "
                         f"{metric}: {why}. The champion stays; to promote this version, add "

@@ -21,6 +21,8 @@ from imgclf.data.images import RESIZE_MODES, decode, resize, to_array
 
 INPUT_RANGE = (0.0, 1.0)  # what the networks take: pixels / 255
 COLUMN = "image"  # the request column that holds the images
+# set by ``make serve`` to the registered version it serves, which every answer then names
+SERVED_MODEL_ENV = "IMGCLF_SERVED_MODEL"
 
 
 class InvalidInput(ValueError):

@@ -9,8 +9,9 @@ column named ``image``, in any of MLflow's request forms (``dataframe_records``,
 - a base64 string of an image file's bytes (PNG, JPEG, or any format Pillow reads), or
 - a nested list of floats in [0, 1], channels x height x width (``{"inputs": [...]}``).
 
-The answer for each image is its ``class``, that class's ``probability`` and the
-``probabilities`` of every class by name. Input that cannot be answered raises an
+The answer for each image is its ``class``, that class's ``probability``, the
+``probabilities`` of every class by name and, when ``make serve`` serves it, the ``model``
+version that answered. Input that cannot be answered raises an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: HTTP 400 from the server, which keeps
 serving.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from typing import Any
 
 import mlflow
@@ -30,7 +32,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from imgclf.data.images import BadImage
-from imgclf.inference.classifier import COLUMN, Classifier, InvalidInput, Preprocessing
+from imgclf.inference.classifier import (
+    COLUMN,
+    SERVED_MODEL_ENV,
+    Classifier,
+    InvalidInput,
+    Preprocessing,
+)
 
 
 class ImageClassifierModel(PythonModel):
@@ -38,10 +46,12 @@ class ImageClassifierModel(PythonModel):
 
     classifier: Classifier
     weights: str  # the train stage's weights-only file, for fine-tuning from this model
+    served: str = ""  # the registered version ``make serve`` serves
 
     def load_context(self, context: Any) -> None:
         program = torch.export.load(context.artifacts["program"])
         self.weights = context.artifacts["weights"]
+        self.served = os.environ.get(SERVED_MODEL_ENV, "")
         self.classifier = Classifier(program.module(),
                                      Preprocessing.from_config(context.model_config))
 
@@ -49,9 +59,13 @@ class ImageClassifierModel(PythonModel):
                 ) -> list[dict[str, Any]]:
         try:
             images = batch(model_input, self.classifier.preprocessing)
-            return self.classifier.answers(self.classifier.probabilities(images))
+            answers = self.classifier.answers(self.classifier.probabilities(images))
         except (InvalidInput, BadImage) as exc:
             raise MlflowException(str(exc), INVALID_PARAMETER_VALUE) from None
+        if self.served:
+            for answer in answers:
+                answer["model"] = self.served
+        return answers
 
 
 def batch(model_input: Any, preprocessing: Preprocessing) -> torch.Tensor:

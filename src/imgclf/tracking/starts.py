@@ -16,9 +16,12 @@ from imgclf.training.checkpoint import WEIGHTS_ARTIFACT
 from imgclf.training.transfer import Start, file_start, imagenet_start
 
 
-def start_from(init: str, model: str, experiment: str) -> Start | None:
+def start_from(init: str, model: str, experiment: str, online: bool = False,
+               timeout_s: float = 60) -> Start | None:
     """The weights ``train.init`` names for ``model``, checked before any work; ``None`` for
-    ``random``. A model URI is resolved in the project's tracking store (``experiment``'s).
+    ``random``. A model URI is resolved in the project's tracking store (``experiment``'s);
+    ImageNet weights missing from torch's hub cache are downloaded when ``online``
+    (``download.online``, with ``download.timeout_s``).
 
     Raises:
         UserError: the weights are missing, unreachable or for another network.
@@ -26,7 +29,7 @@ def start_from(init: str, model: str, experiment: str) -> Start | None:
     if init == "random":
         return None
     if init == "imagenet":
-        return imagenet_start(model)
+        return imagenet_start(model, online, timeout_s)
     if not is_model_uri(init):
         path = Path(init)
         if not path.is_file():

@@ -2,15 +2,23 @@
 from torch's hub cache, or another trained model's, then fine-tuning all of it or only its
 head (``train.freeze``).
 
-The backbone's weights are loaded; a head whose class count differs is replaced (it starts
-random); a grey model's first convolution gets the sum of an RGB one's kernels. Any other
-shape mismatch is an error naming the tensor. Nothing is ever downloaded.
+ImageNet weights missing from the cache are downloaded only when ``download.online`` allows
+it, by torch's own download (into a temporary file that becomes the cached one only once its
+SHA-256 matches the prefix in torchvision's file name). The backbone's weights are loaded; a
+head whose class count differs is replaced (it starts random); a grey model's first
+convolution gets the sum of an RGB one's kernels. Any other shape mismatch is an error
+naming the tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import logging
 import re
+import socket
+import sys
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,8 @@ from imgclf.common.tensorfiles import load_tensors
 from imgclf.training.models import FlipAveraging, Normalize, head
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torchvision's file names end in a hash prefix
+
+log = logging.getLogger(__name__)
 
 
 class StartError(UserError):
@@ -52,28 +62,69 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def imagenet_start(model: str) -> Start:
-    """torchvision's ImageNet weights for ``model``, from torch's hub cache.
+def weights_url(model: str) -> str:
+    """Where torchvision publishes ``model``'s ImageNet weights."""
+    return str(torchvision.models.get_model_weights(model).DEFAULT.url)
+
+
+def imagenet_start(model: str, online: bool = False, timeout_s: float = 60) -> Start:
+    """torchvision's ImageNet weights for ``model``, from torch's hub cache; downloaded into
+    it first when they are missing and ``online``.
 
     Raises:
-        StartError: the file is not there (naming it, the folder and where it comes from),
-            or its content does not match the hash in its name.
+        StartError: the file is not there and cannot be downloaded (naming it, the folder and
+            the URL), or its content does not match the hash in its name (the file is
+            removed, so that nothing damaged stays in the cache).
     """
-    url = torchvision.models.get_model_weights(model).DEFAULT.url
+    url = weights_url(model)
     name = url.rsplit("/", 1)[-1]
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / name
+    found = HASH_PREFIX.search(name)
+    prefix = found.group(1) if found else None
+    if path.is_file() and prefix and not sha256(path).startswith(prefix):
+        path.unlink()
+        if not online:
+            raise StartError(f"{path}: its content does not match the hash in its name "
+                             f"({prefix}); the damaged file was removed: copy it again (it is "
+                             f"{url}), or set download.online: true")
+        log.warning("%s did not match the hash in its name; removed it, downloading again",
+                    path)
     if not path.is_file():
-        raise StartError(f"train.init: imagenet needs torchvision's {model} weights, {name}, "
-                         f"in {folder}; nothing is downloaded here: copy the file there (it is "
-                         f"{url}), or set train.init: random")
-    digest = sha256(path)
-    expected = HASH_PREFIX.search(name)
-    if expected and not digest.startswith(expected.group(1)):
-        raise StartError(f"{path}: its content does not match the hash in its name "
-                         f"({expected.group(1)}); the file is damaged: copy it again")
+        if not online:
+            raise StartError(f"train.init: imagenet needs torchvision's {model} weights, {name}, "
+                             f"in {folder}; download.online is false, so nothing is downloaded: "
+                             f"copy the file there (it is {url}), set download.online: true, or "
+                             "set train.init: random")
+        download(url, path, prefix, timeout_s)
     return Start(path, "imagenet", imagenet=True,
-                 tags={"init_from": "imagenet", "init_file": name, "init_sha256": digest})
+                 tags={"init_from": "imagenet", "init_file": name, "init_sha256": sha256(path)})
+
+
+def download(url: str, path: Path, prefix: str | None, timeout_s: float) -> None:
+    """``url`` into ``path`` with torch's download (a progress bar on a terminal), checked
+    against the SHA-256 ``prefix``; no connection waits more than ``timeout_s``.
+
+    Raises:
+        StartError: unreachable, cut short or not matching; nothing is left at ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s into %s", url, path.parent)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # torch's download has no timeout of its own
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix,
+                                       progress=sys.stderr.isatty())
+    except RuntimeError as exc:  # torch's word for a hash mismatch
+        raise StartError(f"{url}: the downloaded file does not match the hash in its name "
+                         f"({one_line(exc)}); it was not kept. Download it again, or copy "
+                         f"{path.name} into {path.parent} by hand") from None
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
+        raise StartError(f"train.init: imagenet: cannot download {url} ({one_line(exc)}); "
+                         f"copy {path.name} into {path.parent} by hand, or set "
+                         "train.init: random") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def file_start(path: Path, source: str, model: str, tags: dict[str, str] | None = None
