@@ -89,6 +89,18 @@ def test_a_logged_model_answers_images_in_every_request_form(project, client, tm
                                                                      abs=1e-5)
     tensors = model.predict(pd.DataFrame({"image": list(np.random.rand(2, 1, 28, 28))}))
     assert len(tensors) == 2
+    assert "model" not in answers[0]  # loaded by hand: no served version to name
+
+
+def test_a_served_model_names_its_version_on_every_answer(project, client, tmp_path,
+                                                          monkeypatch):
+    from imgclf.inference.classifier import SERVED_MODEL_ENV
+
+    uri, _ = logged(load_settings(project / "params.yaml"), tmp_path)
+    monkeypatch.setenv(SERVED_MODEL_ENV, "models:/clothes-classifier/4")  # as serve sets it
+    model = mlflow.pyfunc.load_model(uri)
+    answers = model.predict(pd.DataFrame({"image": list(np.random.rand(3, 1, 28, 28))}))
+    assert [a["model"] for a in answers] == ["models:/clothes-classifier/4"] * 3
 
 
 @pytest.mark.parametrize(("cells", "message"), [

@@ -488,6 +488,9 @@ def test_served_champion_answers_image_files_and_refuses_bad_requests(history, s
     mlflow.set_tracking_uri(f"sqlite:///{history.repo}/mlruns/mlflow.db")
     local = load("models:/fashion-mnist-classifier@champion").classifier
     expected = local.answers(local.probabilities_of_pixels(pixels))
+    champion = mlflow.MlflowClient().get_model_version_by_alias("fashion-mnist-classifier",
+                                                                "champion").version
+    served = f"models:/fashion-mnist-classifier/{champion}"  # the version, not the alias
     for body in ({"dataframe_records": [{"image": png} for png in pngs]},
                  {"dataframe_split": {"columns": ["image"], "data": [[png] for png in pngs]}},
                  {"inputs": {"image": pngs}},
@@ -495,6 +498,7 @@ def test_served_champion_answers_image_files_and_refuses_bad_requests(history, s
         status, answer = post(base + "/invocations", body)
         assert status == 200, answer
         assert [a["class"] for a in answer["predictions"]] == [a["class"] for a in expected]
+        assert {a["model"] for a in answer["predictions"]} == {served}  # lineage on answers
         assert answer["predictions"][0]["probabilities"]["Ankle boot"] == pytest.approx(
             expected[0]["probabilities"]["Ankle boot"], abs=1e-4)
     for body, message in [({"inputs": pixels.tolist()}, "divide them by 255"),

@@ -68,6 +68,18 @@ def test_rows_go_to_stdout_as_csv(images, model_file, capsys):
     assert run_stage(predict.main, [str(images / "a.png"), "--model", str(model_file)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1 and rows[0]["class"] in ARCH.classes and rows[0]["error"] == ""
+    assert rows[0]["model"] == str(model_file)  # which model answered, on every row
+
+
+def test_a_model_of_other_data_than_the_current_gets_one_line_of_warning(
+        images, model_file, project, set_params, capsys):
+    set_params(data__dataset="fashion-mnist")  # 10 grey classes; the model has 2 colour ones
+    assert run_stage(predict.main, [str(images / "a.png"), "--model", str(model_file)]) == 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning.startswith(f"warning: {model_file} was trained on other data")
+    assert "classes 2 (blue, red/ish) against 10 (T-shirt/top, Trouser, Pullover, Dress, ...)" \
+        in warning
+    assert "3 channels against 1" in warning and "size 16x16 against 28x28" in warning
 
 
 def test_no_readable_file_or_a_bad_output_name_fails_before_writing(images, model_file,

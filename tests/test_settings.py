@@ -44,6 +44,19 @@ def test_yaml_1_2_numbers_match_dvc():
     assert settings.train.lr == pytest.approx(0.001)
 
 
+@pytest.mark.parametrize(("dataset", "flips"), [
+    ("fashion-mnist", "flip"), ("cifar10", "flip"), ("folder", "flip"), ("mnist", "none")])
+def test_auto_flips_only_where_a_mirrored_image_keeps_its_class(dataset, flips):
+    raw = repo_params(**{"data.dataset": dataset, "train.model": "cnn"})
+    assert (raw["train"]["augment"], raw["train"]["tta"]) == ("auto", "auto")
+    train = parse_settings(raw).train
+    assert (train.augment, train.tta) == (flips, flips)  # what every stage and log sees
+    # a value given is kept, for MNIST too
+    raw["train"]["augment"], raw["train"]["tta"] = "crop_flip", "flip"
+    assert (parse_settings(raw).train.augment, parse_settings(raw).train.tta) == (
+        "crop_flip", "flip")
+
+
 BAD = [
     ({"train.lr": 0}, "train.lr", "greater than 0"),
     ({"train.lr": -0.1}, "train.lr", "greater than 0"),
@@ -68,6 +81,8 @@ BAD = [
     ({"train.init": "pretrained"}, "train.init", "random, imagenet, an MLflow model URI"),
     ({"train.freeze": "backbone"}, "train", "set train.init"),
     ({"train.freeze": "head"}, "train.freeze", "'none' or 'backbone'"),
+    ({"train.augment": "mirror"}, "train.augment", "'auto', 'none', 'crop', 'flip' or"),
+    ({"train.tta": True}, "train.tta", "'auto', 'none' or 'flip'"),
     ({"data.dataset": "folder", "train.model": "cifar_cnn"}, "train.model",
      "data.image_size: [32, 32]"),
     ({"data.image_size": [64]}, "data.image_size", "[height, width]"),

@@ -224,3 +224,24 @@ def test_data_parallel_training_matches_one_process(project, set_params, client)
         assert run.data.params["train_size"] == "2400"
     assert abs(accuracy[1] - accuracy[2]) <= 0.01, accuracy
     assert len(runs_of(client, "train")) == 2  # one per training, none per extra process
+
+
+def test_mnist_trains_without_flips_by_default_and_the_run_logs_what_was_used(
+        tmp_path, project, set_params, client, monkeypatch):
+    from imgclf import download, preprocess
+    from imgclf.data import datasets
+
+    from .conftest import spec_for, write_idx_dataset
+
+    mirror = tmp_path / "mnist"
+    monkeypatch.setitem(datasets.DATASETS, "mnist",
+                        spec_for(datasets.DATASETS["mnist"], write_idx_dataset(mirror)))
+    set_params(data__dataset="mnist", download__mirrors=[str(mirror)], train__epochs=1,
+               train__augment="auto", train__tta="auto")
+    for main, args in ((download.main, DOWNLOAD_ARGS), (preprocess.main, PREPROCESS_ARGS),
+                       (train.main, TRAIN_ARGS)):
+        assert run_stage(main, args) == 0
+    (run,) = runs_of(client, "train")
+    assert run.data.params["train.augment"] == "none"  # mirrored digits are other glyphs
+    assert run.data.params["train.tta"] == "none"
+    assert load_model(project / "models/model.pt")[1].tta == "none"

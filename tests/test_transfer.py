@@ -46,12 +46,14 @@ def hub(tmp_path, monkeypatch):
     torch.hub.set_dir(str(tmp_path / "unused"))
 
 
-def test_imagenet_weights_missing_from_the_hub_cache_fail_naming_file_and_folder(hub):
+def test_imagenet_weights_missing_offline_fail_naming_file_folder_and_url(hub):
     with pytest.raises(StartError) as raised:
-        start_from("imagenet", "resnet18", "tests")
+        start_from("imagenet", "resnet18", "tests")  # download.online: false
     message = str(raised.value)
     assert "resnet18-f37072fd.pth" in message and str(hub) in message
-    assert "nothing is downloaded" in message
+    assert "download.online is false" in message
+    assert transfer.weights_url("resnet18") in message
+    assert not hub.exists() or list(hub.iterdir()) == []
 
 
 def _fake_imagenet(hub, name: str) -> dict[str, torch.Tensor]:
@@ -67,6 +69,83 @@ def test_imagenet_weights_are_checked_against_the_hash_in_their_name(hub):
     _fake_imagenet(hub, "mobilenet_v3_small")
     with pytest.raises(StartError, match="does not match the hash in its name"):
         start_from("imagenet", "mobilenet_v3_small", "tests")
+    assert list(hub.iterdir()) == []  # the damaged file is removed, not used next time
+
+
+@pytest.fixture
+def weights_server(tmp_path, monkeypatch):
+    """A web server on 127.0.0.1 publishing self-made mobilenet_v3_small weights as
+    torchvision does (the file name ends in its SHA-256's first 8 hex digits), with
+    ``weights_url`` pointed at it. Returns the folder it serves and the weights."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    folder = tmp_path / "published"
+    folder.mkdir()
+    torch.manual_seed(0)
+    state = torchvision.models.get_model("mobilenet_v3_small", weights=None).state_dict()
+    torch.save(state, folder / "weights.pth")
+    digest = hashlib.sha256((folder / "weights.pth").read_bytes()).hexdigest()
+    name = f"mobilenet_v3_small-{digest[:8]}.pth"
+    (folder / "weights.pth").rename(folder / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(transfer, "weights_url",
+                        lambda model: f"http://127.0.0.1:{server.server_port}/{name}")
+    yield folder / name, state
+    server.shutdown()
+    server.server_close()
+
+
+def test_imagenet_weights_are_downloaded_into_an_empty_cache_and_train(
+        hub, weights_server, processed, project, set_params, client):
+    from imgclf import train
+    from imgclf.common.cli import run_stage
+
+    from .conftest import TRAIN_ARGS, runs_of
+
+    published, state = weights_server
+    set_params(train__model="mobilenet_v3_small", train__init="imagenet", train__epochs=1,
+               download__online=True)
+    assert run_stage(train.main, TRAIN_ARGS) == 0
+    assert [p.name for p in hub.iterdir()] == [published.name]  # cached, no partial file
+    assert (hub / published.name).read_bytes() == published.read_bytes()
+    (run,) = runs_of(client, "train")
+    assert run.data.tags["init_from"] == "imagenet"
+    assert run.data.tags["init_file"] == published.name
+    # the next start finds the file in the cache: nothing is downloaded again
+    published.unlink()
+    start = start_from("imagenet", "mobilenet_v3_small", "tests", online=True)
+    assert start.path == hub / published.name
+
+
+def test_a_tampered_download_is_refused_and_not_kept(hub, weights_server):
+    published, _ = weights_server
+    published.write_bytes(published.read_bytes()[:-10] + b"tampered!!")
+    with pytest.raises(StartError, match="the downloaded file does not match the hash"):
+        start_from("imagenet", "mobilenet_v3_small", "tests", online=True)
+    assert list(hub.iterdir()) == []  # nothing half-written or damaged in the cache
+
+
+def test_an_unreachable_server_fails_fast_naming_the_url(hub, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mobilenet_v3_small-00000000.pth"
+    monkeypatch.setattr(transfer, "weights_url", lambda model: url)
+    began = time.monotonic()
+    with pytest.raises(StartError) as raised:
+        start_from("imagenet", "mobilenet_v3_small", "tests", online=True, timeout_s=5)
+    assert time.monotonic() - began < 5
+    message = str(raised.value)
+    assert f"cannot download {url}" in message and str(hub) in message
+    assert not hub.exists() or list(hub.iterdir()) == []
 
 
 def test_imagenet_backbone_loads_with_a_grey_stem_and_a_new_head(hub, monkeypatch):
