@@ -76,7 +76,7 @@ def test_imagenet_weights_are_checked_against_the_hash_in_their_name(hub):
 def weights_server(tmp_path, monkeypatch):
     """A web server on 127.0.0.1 publishing self-made mobilenet_v3_small weights as
     torchvision does (the file name ends in its SHA-256's first 8 hex digits), with
-    ``weights_url`` pointed at it. Returns the folder it serves and the weights."""
+    ``weights_url`` pointed at it. Yields the published file."""
     import functools
     import hashlib
     import http.server
@@ -95,7 +95,7 @@ def weights_server(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(transfer, "weights_url",
                         lambda model: f"http://127.0.0.1:{server.server_port}/{name}")
-    yield folder / name, state
+    yield folder / name
     server.shutdown()
     server.server_close()
 
@@ -107,7 +107,7 @@ def test_imagenet_weights_are_downloaded_into_an_empty_cache_and_train(
 
     from .conftest import TRAIN_ARGS, runs_of
 
-    published, state = weights_server
+    published = weights_server
     set_params(train__model="mobilenet_v3_small", train__init="imagenet", train__epochs=1,
                download__online=True)
     assert run_stage(train.main, TRAIN_ARGS) == 0
@@ -123,7 +123,7 @@ def test_imagenet_weights_are_downloaded_into_an_empty_cache_and_train(
 
 
 def test_a_tampered_download_is_refused_and_not_kept(hub, weights_server):
-    published, _ = weights_server
+    published = weights_server
     published.write_bytes(published.read_bytes()[:-10] + b"tampered!!")
     with pytest.raises(StartError, match="the downloaded file does not match the hash"):
         start_from("imagenet", "mobilenet_v3_small", "tests", online=True)
