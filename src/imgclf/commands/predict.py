@@ -181,17 +181,18 @@ def warn_on_other_data(classifier: Classifier, source: str, settings: Settings, 
 def choose_model(args: argparse.Namespace) -> tuple[str, Settings | None]:
     """The model to load, as a concrete URI or path: ``--model`` (a registry alias resolved
     to its version), else the champion of the current data's registered model."""
-    if not args.model:
-        settings = load_settings(args.params)
-        return settings_champion(settings).uri, settings
     try:
-        given = load_settings(args.params)
+        settings = load_settings(args.params)
     except UserError:
+        if not args.model:
+            raise
         return args.model, None  # no project params: nothing to compare the model with
+    if not args.model:
+        return settings_champion(settings).uri, settings
     if is_model_uri(args.model):
-        connect(given.tracking.experiment)  # the project's store, where its models are
-        return resolve_version(args.model), given
-    return args.model, given
+        connect(settings.tracking.experiment)  # the project's store, where its models are
+        return resolve_version(args.model), settings
+    return args.model, settings
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from imgclf.common.errors import UserError, one_line
+from imgclf.common.settings import ARCHIVE_SUFFIXES
 
-SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 MAX_BYTES = 32 * 2**30  # what all members may add up to, extracted
 MAX_MEMBERS = 2_000_000
 MAX_RATIO = 1000  # extracted size over compressed size of one zip member
@@ -40,7 +40,7 @@ class Member:
 
 
 def is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def safe_name(archive: Path, name: str) -> PurePosixPath:
